@@ -1,0 +1,162 @@
+"""Self-describing save/load: `config.json` + `model.safetensors` + `environment.json`.
+
+Loading never unpickles: weights are safetensors and the config is JSON. Paths may be local or any
+fsspec URL (s3://, gs://, memory://).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import sys
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import fsspec
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from vae.config import ConfigError, VAEConfig
+from vae.model import VAE
+
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+ENV_FILE = "environment.json"
+
+
+class ModelFileError(ValueError):
+    """A saved model is missing, incomplete or corrupt; the message names the file."""
+
+
+@dataclass
+class SavedModel:
+    """Where a model was written and the sha256 of its weights (its identity in provenance)."""
+
+    path: str
+    sha256: str
+
+
+def environment() -> dict[str, str]:
+    """Versions that produced a model (recorded next to it)."""
+    from importlib import metadata
+
+    try:
+        pkg = metadata.version("vaeaug")
+    except metadata.PackageNotFoundError:
+        pkg = "unknown"
+    return {
+        "vaeaug": pkg,
+        "torch": torch.__version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "saved_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def _join(path: str, name: str) -> str:
+    return path.rstrip("/") + "/" + name
+
+
+def save_model(
+    model: VAE, path: str, extra: dict[str, Any] | None = None, storage_options: dict | None = None
+) -> SavedModel:
+    """Write the model so that `load_model(path)` rebuilds it exactly.
+
+    Args:
+        model: the VAE (unwrapped).
+        path: a directory, local or fsspec URL; created if missing, files in it are replaced.
+        extra: JSON-serialisable metadata stored under "extra" in config.json (e.g. class names).
+        storage_options: fsspec options for remote paths.
+
+    Returns:
+        `SavedModel` with the path and the weights' sha256.
+    """
+    fs, root = fsspec.core.url_to_fs(path, **(storage_options or {}))
+    fs.makedirs(root, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    blob = st_save(state, metadata={"format_version": str(FORMAT_VERSION)})
+    digest = hashlib.sha256(blob).hexdigest()
+    config = {
+        "format_version": FORMAT_VERSION,
+        "model": model.cfg.to_dict(),
+        "weights_sha256": digest,
+        "extra": extra or {},
+    }
+    # Weights first, config last: a directory with a config.json is complete.
+    fs.pipe_file(_join(root, WEIGHTS_FILE), blob)
+    fs.pipe_file(_join(root, ENV_FILE), json.dumps(environment(), indent=2).encode())
+    fs.pipe_file(_join(root, CONFIG_FILE), json.dumps(config, indent=2).encode())
+    return SavedModel(path=path, sha256=digest)
+
+
+def read_model_config(path: str, storage_options: dict | None = None) -> dict[str, Any]:
+    """The parsed config.json of a saved model (raises `ModelFileError` if missing or invalid)."""
+    fs, root = fsspec.core.url_to_fs(path, **(storage_options or {}))
+    cfg_path = _join(root, CONFIG_FILE)
+    if not fs.exists(cfg_path):
+        raise ModelFileError(
+            f"no saved model at '{path}' ({CONFIG_FILE} missing): train one first or fix the model path"
+        )
+    try:
+        data = json.loads(fs.cat_file(cfg_path))
+        VAEConfig.from_dict(data["model"])
+    except (json.JSONDecodeError, KeyError, TypeError, ConfigError) as exc:
+        raise ModelFileError(
+            f"corrupt model config '{_join(path, CONFIG_FILE)}': {exc}; re-save the model"
+        ) from None
+    if data.get("format_version") != FORMAT_VERSION:
+        raise ModelFileError(
+            f"model '{path}' has format_version {data.get('format_version')}, this version reads "
+            f"{FORMAT_VERSION}: re-export it with a matching vaeaug"
+        )
+    return data
+
+
+def load_model(
+    path: str, map_location: str | torch.device = "cpu", storage_options: dict | None = None
+) -> VAE:
+    """Rebuild a model saved by `save_model`, in eval mode.
+
+    Args:
+        path: the model directory (local or fsspec URL).
+        map_location: device for the weights.
+        storage_options: fsspec options for remote paths.
+
+    Returns:
+        The VAE with its weights loaded.
+
+    Raises:
+        ModelFileError: missing files, checksum mismatch, or weights that do not fit the config.
+    """
+    data = read_model_config(path, storage_options)
+    fs, root = fsspec.core.url_to_fs(path, **(storage_options or {}))
+    weights = _join(root, WEIGHTS_FILE)
+    if not fs.exists(weights):
+        raise ModelFileError(f"model '{path}' has no {WEIGHTS_FILE}: the save was interrupted; re-save it")
+    blob = fs.cat_file(weights)
+    if hashlib.sha256(blob).hexdigest() != data["weights_sha256"]:
+        raise ModelFileError(
+            f"corrupt weights '{_join(path, WEIGHTS_FILE)}': sha256 differs from config.json; "
+            "re-save the model"
+        )
+    try:
+        state = st_load(blob)
+    except SafetensorError as exc:
+        raise ModelFileError(f"corrupt weights '{_join(path, WEIGHTS_FILE)}': {exc}") from exc
+    model = VAE(VAEConfig.from_dict(data["model"]))
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise ModelFileError(f"weights in '{path}' do not fit its config: {first}") from exc
+    return model.to(map_location).eval()
+
+
+def model_checksum(path: str, storage_options: dict | None = None) -> str:
+    """sha256 of a saved model's weights, as recorded in its config."""
+    return read_model_config(path, storage_options)["weights_sha256"]

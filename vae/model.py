@@ -1,0 +1,258 @@
+"""Convolutional Gaussian VAE, optionally class-conditional.
+
+Encoder: `len(hidden_channels)` stride-2 conv levels -> flatten -> (mu, logvar).
+Decoder: linear -> the encoder's last feature map -> transposed convs that retrace the encoder's
+spatial sizes exactly (so any H x W >= 8, odd or non-square, round-trips) -> output activation.
+Conditioning (num_classes set): one-hot labels are appended as constant channels to the encoder input
+and concatenated to z before decoding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vae.config import VAEConfig
+from vae.losses import VAELoss, vae_loss
+
+
+@dataclass
+class Posterior:
+    """Diagonal Gaussian q(z|x). mu, logvar: (B, D)."""
+
+    mu: torch.Tensor
+    logvar: torch.Tensor
+
+    def sample(self, generator: torch.Generator | None = None, temperature: float = 1.0) -> torch.Tensor:
+        """Reparameterized draw z = mu + temperature * sigma * eps (differentiable in mu and logvar)."""
+        eps = torch.randn(self.mu.shape, generator=generator, device=self.mu.device, dtype=self.mu.dtype)
+        return self.mu + temperature * torch.exp(0.5 * self.logvar) * eps
+
+
+@dataclass
+class VAEOutput:
+    """Result of a forward pass. `logits` are pre-activation decoder outputs, `recon` post-activation."""
+
+    recon: torch.Tensor  # (B, C, H, W) in the data range
+    logits: torch.Tensor  # (B, C, H, W) before the output activation
+    z: torch.Tensor  # (B, D)
+    posterior: Posterior
+
+
+@dataclass
+class Samples:
+    """Images decoded from latents. `labels` is None for an unconditional model."""
+
+    images: torch.Tensor  # (N, C, H, W) in the data range
+    z: torch.Tensor  # (N, D)
+    labels: torch.Tensor | None  # (N,) int64
+
+
+def _conv_out(size: int) -> int:
+    # Conv2d(k=3, s=2, p=1): floor((n + 2 - 3) / 2) + 1 == ceil(n / 2)
+    return (size + 1) // 2
+
+
+def _groups(channels: int) -> int:
+    for g in (8, 4, 2):
+        if channels % g == 0:
+            return g
+    return 1
+
+
+class Encoder(nn.Module):
+    """x (B, C[+K], H, W) -> mu, logvar (B, D)."""
+
+    def __init__(self, cfg: VAEConfig) -> None:
+        super().__init__()
+        in_ch = cfg.channels + (cfg.num_classes or 0)
+        layers: list[nn.Module] = []
+        h, w = cfg.image_size
+        self.sizes = [(h, w)]  # spatial size at the input of each level, then the final one
+        for width in cfg.hidden_channels:
+            layers += [
+                nn.Conv2d(in_ch, width, kernel_size=3, stride=2, padding=1),
+                nn.GroupNorm(_groups(width), width),
+                nn.SiLU(),
+            ]
+            in_ch = width
+            h, w = _conv_out(h), _conv_out(w)
+            self.sizes.append((h, w))
+        self.features = nn.Sequential(*layers)
+        flat = in_ch * h * w
+        self.to_mu = nn.Linear(flat, cfg.latent_dim)
+        self.to_logvar = nn.Linear(flat, cfg.latent_dim)
+
+    def forward(self, x: torch.Tensor) -> Posterior:
+        f = self.features(x).flatten(1)  # (B, C_last * h * w)
+        return Posterior(self.to_mu(f), self.to_logvar(f))
+
+
+class Decoder(nn.Module):
+    """z (B, D[+K]) -> logits (B, C, H, W); mirrors the encoder level by level."""
+
+    def __init__(self, cfg: VAEConfig, sizes: list[tuple[int, int]]) -> None:
+        super().__init__()
+        widths = list(cfg.hidden_channels)
+        self.start_shape = (widths[-1], *sizes[-1])
+        self.fc = nn.Linear(cfg.latent_dim + (cfg.num_classes or 0), widths[-1] * sizes[-1][0] * sizes[-1][1])
+        layers: list[nn.Module] = []
+        out_widths = widths[-2::-1] + [widths[0]]  # decoder widths after each upsampling level
+        in_ch = widths[-1]
+        for level, out_ch in enumerate(out_widths):
+            th, tw = sizes[-2 - level]  # target size of this level = encoder's input size there
+            # ConvTranspose2d(k=3, s=2, p=1) gives 2n - 1 + output_padding; pick it to land on (th, tw).
+            pad = (1 - th % 2, 1 - tw % 2)
+            layers += [
+                nn.ConvTranspose2d(in_ch, out_ch, kernel_size=3, stride=2, padding=1, output_padding=pad),
+                nn.GroupNorm(_groups(out_ch), out_ch),
+                nn.SiLU(),
+            ]
+            in_ch = out_ch
+        self.features = nn.Sequential(*layers)
+        self.to_pixels = nn.Conv2d(in_ch, cfg.channels, kernel_size=3, padding=1)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = self.fc(z).view(z.shape[0], *self.start_shape)  # (B, C_last, h, w)
+        return self.to_pixels(self.features(h))  # (B, C, H, W) logits
+
+
+_ACTIVATIONS = {"sigmoid": torch.sigmoid, "tanh": torch.tanh, "linear": lambda t: t}
+
+
+class VAE(nn.Module):
+    """Gaussian VAE with encode / decode / sample / reconstruct / interpolate.
+
+    Args:
+        cfg: architecture and loss settings.
+    """
+
+    def __init__(self, cfg: VAEConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = Encoder(cfg)
+        self.decoder = Decoder(cfg, self.encoder.sizes)
+        self._activation = _ACTIVATIONS[cfg.output_activation]
+
+    # ----------------------------------------------------------------- helpers
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def _one_hot(self, y: torch.Tensor | None, batch: int) -> torch.Tensor | None:
+        if self.cfg.num_classes is None:
+            if y is not None:
+                raise ValueError("labels were given to an unconditional model: train with num_classes set")
+            return None
+        if y is None:
+            raise ValueError(f"this model is class-conditional ({self.cfg.num_classes} classes): pass labels")
+        y = torch.as_tensor(y, device=self.device).long().reshape(-1)
+        if y.shape[0] != batch:
+            raise ValueError(f"got {y.shape[0]} labels for a batch of {batch}")
+        if y.numel() and (int(y.min()) < 0 or int(y.max()) >= self.cfg.num_classes):
+            raise ValueError(f"label out of range: labels must be in [0, {self.cfg.num_classes - 1}]")
+        return F.one_hot(y, self.cfg.num_classes).to(self.fc_dtype)
+
+    @property
+    def fc_dtype(self) -> torch.dtype:
+        return self.decoder.fc.weight.dtype
+
+    # ------------------------------------------------------------------ public
+    def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> Posterior:
+        """q(z|x[, y]).
+
+        Args:
+            x: images (B, C, H, W) in the data range.
+            y: labels (B,), required iff the model is conditional.
+
+        Returns:
+            The posterior with mu and logvar of shape (B, D).
+        """
+        onehot = self._one_hot(y, x.shape[0])
+        if onehot is not None:
+            maps = onehot[:, :, None, None].expand(-1, -1, *x.shape[-2:])  # (B, K, H, W)
+            x = torch.cat([x, maps.to(x.dtype)], dim=1)
+        return self.encoder(x)
+
+    def decode_logits(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Decoder output before the activation, (B, C, H, W)."""
+        onehot = self._one_hot(y, z.shape[0])
+        if onehot is not None:
+            z = torch.cat([z, onehot.to(z.dtype)], dim=1)
+        return self.decoder(z)
+
+    def decode(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """p(x|z[, y]) mean: images (B, C, H, W) in the data range of the output activation."""
+        return self._activation(self.decode_logits(z, y))
+
+    def forward(
+        self, x: torch.Tensor, y: torch.Tensor | None = None, generator: torch.Generator | None = None
+    ) -> VAEOutput:
+        """Encode, draw z by reparameterization, decode."""
+        post = self.encode(x, y)
+        z = post.sample(generator)
+        logits = self.decode_logits(z, y)
+        return VAEOutput(recon=self._activation(logits), logits=logits, z=z, posterior=post)
+
+    def loss(self, x: torch.Tensor, out: VAEOutput) -> VAELoss:
+        """Reconstruction + beta * KL per sample, averaged over the batch (see `vae.losses`)."""
+        return vae_loss(x, out, self.cfg)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        n: int,
+        labels: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        temperature: float = 1.0,
+    ) -> Samples:
+        """Draw n images from the prior z ~ N(0, temperature^2 I).
+
+        Args:
+            n: number of images.
+            labels: (n,) class of each image; required iff the model is conditional.
+            generator: torch RNG for reproducible draws (on the model's device).
+            temperature: prior scale; < 1 trades diversity for fidelity.
+
+        Returns:
+            `Samples` with images (n, C, H, W), the decoded z (n, D) and the labels.
+        """
+        z = temperature * torch.randn(
+            (n, self.cfg.latent_dim), generator=generator, device=self.device, dtype=self.fc_dtype
+        )
+        return Samples(images=self.decode(z, labels), z=z, labels=labels)
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Decode the posterior mean of x: a deterministic reconstruction (B, C, H, W)."""
+        return self.decode(self.encode(x, y).mu, y)
+
+    @torch.no_grad()
+    def interpolate(
+        self,
+        z0: torch.Tensor,
+        z1: torch.Tensor,
+        steps: int,
+        y: torch.Tensor | None = None,
+    ) -> Samples:
+        """Decode `steps` points on the straight line from z0 to z1 (both ends included).
+
+        Args:
+            z0, z1: latents of shape (D,).
+            steps: number of points, >= 2.
+            y: a scalar class (or (steps,) labels) for a conditional model.
+
+        Returns:
+            `Samples` with images (steps, C, H, W) and the interpolated z (steps, D).
+        """
+        if steps < 2:
+            raise ValueError(f"interpolate needs steps >= 2, got {steps}")
+        t = torch.linspace(0.0, 1.0, steps, device=z0.device, dtype=z0.dtype)[:, None]  # (S, 1)
+        z = (1 - t) * z0[None] + t * z1[None]  # (S, D)
+        labels = None
+        if y is not None:
+            labels = torch.as_tensor(y, device=z.device).long().reshape(-1).expand(steps).clone()
+        return Samples(images=self.decode(z, labels), z=z, labels=labels)
