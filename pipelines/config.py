@@ -1,0 +1,370 @@
+"""Typed pipeline configuration: defaults -> YAML file -> dotted command-line overrides.
+
+One dataclass per stage (`DataConfig`, `VAEConfig`, `TrainConfig`, `GenerateConfig`, `RayConfig`),
+gathered in `PipelineConfig`. Unknown keys and wrong types are errors that name the key; the merged
+config is saved next to the outputs (`save_config`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from pipelines.data.config import DataConfig
+from vae.config import ConfigError, VAEConfig
+
+
+@dataclass
+class RayConfig:
+    """How to reach Ray.
+
+    Args:
+        address: an existing cluster ("ray://host:10001", "host:6379" or "auto"); None uses
+            `RAY_ADDRESS` if set, else starts a local Ray sized to this machine.
+        num_cpus: CPUs of a local Ray (None: all of this machine's).
+        submit_job: run the stage as a Ray Job on the cluster's dashboard address (KubeRay) and follow it.
+    """
+
+    address: str | None = None
+    num_cpus: int | None = None
+    submit_job: bool = False
+
+    def __post_init__(self) -> None:
+        if self.num_cpus is not None and self.num_cpus < 1:
+            raise ConfigError(f"ray.num_cpus={self.num_cpus}: must be >= 1 or null (all CPUs)")
+
+
+@dataclass
+class TrainConfig:
+    """Distributed training settings (Ray Train).
+
+    Args:
+        epochs: passes over the training split.
+        batch_size: global batch size (split evenly across workers).
+        lr: Adam learning rate.
+        weight_decay: AdamW decay (0 = Adam).
+        val_fraction: share of the data held out for validation.
+        seed: seeds the split, the initial weights and the shuffling.
+        num_workers: Ray Train workers (processes); >= 1.
+        use_gpu: True/False, or None to use GPUs when the cluster has them.
+        mixed_precision: bf16 autocast on GPU.
+        checkpoint_every: checkpoint every N epochs (the last epoch always is).
+        keep_checkpoints: how many checkpoints to keep.
+        max_failures: worker failures tolerated before the run fails (-1: unlimited).
+        storage_path: where runs and checkpoints live (local path, s3://, gs://).
+        run_name: stable run name; re-running the same name resumes. None: derived from the config.
+        streaming: "auto" streams data through Ray Data when it is larger than `stream_above_mb`,
+            "always"/"never" force it.
+        stream_above_mb: size threshold for "auto".
+    """
+
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 2e-3
+    weight_decay: float = 0.0
+    val_fraction: float = 0.1
+    seed: int = 0
+    num_workers: int = 1
+    use_gpu: bool | None = None
+    mixed_precision: bool = False
+    checkpoint_every: int = 1
+    keep_checkpoints: int = 2
+    max_failures: int = 0
+    storage_path: str = "./runs"
+    run_name: str | None = None
+    streaming: Literal["auto", "always", "never"] = "auto"
+    stream_above_mb: float = 512.0
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.epochs >= 1, "epochs", "must be >= 1"),
+            (self.batch_size >= 1, "batch_size", "must be >= 1"),
+            (self.lr > 0, "lr", "must be > 0"),
+            (self.weight_decay >= 0, "weight_decay", "must be >= 0"),
+            (0 <= self.val_fraction < 1, "val_fraction", "must be in [0, 1)"),
+            (self.num_workers >= 1, "num_workers", "must be >= 1 (one Ray Train worker per process)"),
+            (self.checkpoint_every >= 1, "checkpoint_every", "must be >= 1"),
+            (self.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1"),
+            (self.max_failures >= -1, "max_failures", "must be >= 0, or -1 for unlimited"),
+            (bool(self.storage_path), "storage_path", "give a local path or s3:// / gs:// URL"),
+        ]
+        for ok, key, fix in checks:
+            if not ok:
+                raise ConfigError(f"train.{key}={getattr(self, key)!r}: {fix}")
+        if self.batch_size < self.num_workers:
+            raise ConfigError(
+                f"train.batch_size={self.batch_size} is smaller than train.num_workers="
+                f"{self.num_workers}: each worker needs at least one sample per batch"
+            )
+
+
+@dataclass
+class GenerateConfig:
+    """What to sample and where to write it (modes may be mixed in one job).
+
+    Args:
+        num_samples: images drawn from the prior (a conditional model cycles through the classes).
+        per_class: class name -> number of images of that class (conditional models only).
+        variants_per_image: k variants of each real image, drawn around its posterior.
+        variant_temperature: scale of the posterior noise for variants (0: the posterior mean).
+        variant_limit: use only the first N real images for variants (None: all).
+        interpolations: number of pairs of real images to interpolate between.
+        interpolation_steps: images per interpolation (both ends included), >= 2.
+        temperature: prior scale for `num_samples` and `per_class`.
+        seed: the job's seed; shard i's randomness derives from (seed, i) only.
+        shard_size: at most this many rows per output file.
+        batch_size: decoder batch size.
+        num_actors: Ray actors decoding in parallel (None: one per GPU, or per CPU without GPUs).
+        output: dataset directory (local path or fsspec URL); None: `<output_dir>/synthetic`.
+        if_exists: what to do when a committed dataset is already there: "error", "overwrite",
+            or "new_version" (write to the next `vN` subdirectory).
+        png_compression: zlib level of the PNGs (0-9); 1 is fast and small enough for small images.
+        storage_options: fsspec options for `output`.
+    """
+
+    num_samples: int = 10_000
+    per_class: dict[str, int] = field(default_factory=dict)
+    variants_per_image: int = 0
+    variant_temperature: float = 1.0
+    variant_limit: int | None = None
+    interpolations: int = 0
+    interpolation_steps: int = 8
+    temperature: float = 1.0
+    seed: int = 0
+    shard_size: int = 10_000
+    batch_size: int = 1024
+    num_actors: int | None = None
+    output: str | None = None
+    if_exists: Literal["error", "overwrite", "new_version"] = "error"
+    png_compression: int = 1
+    storage_options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        nonneg = ("num_samples", "variants_per_image", "interpolations")
+        for key in nonneg:
+            if getattr(self, key) < 0:
+                raise ConfigError(f"generate.{key}={getattr(self, key)}: must be >= 0")
+        for name, count in self.per_class.items():
+            if count < 0:
+                raise ConfigError(f"generate.per_class.{name}={count}: counts must be >= 0")
+        checks = [
+            (self.variant_temperature >= 0, "variant_temperature", "must be >= 0"),
+            (self.temperature >= 0, "temperature", "must be >= 0"),
+            (self.interpolation_steps >= 2, "interpolation_steps", "must be >= 2"),
+            (self.shard_size >= 1, "shard_size", "must be >= 1"),
+            (self.batch_size >= 1, "batch_size", "must be >= 1"),
+            (self.num_actors is None or self.num_actors >= 1, "num_actors", "must be >= 1 or null"),
+            (self.variant_limit is None or self.variant_limit >= 1, "variant_limit", "must be >= 1"),
+            (0 <= self.png_compression <= 9, "png_compression", "must be in 0..9"),
+        ]
+        for ok, key, fix in checks:
+            if not ok:
+                raise ConfigError(f"generate.{key}={getattr(self, key)!r}: {fix}")
+
+    @property
+    def total_rows(self) -> int | None:
+        """Rows of the modes whose count is known without the data (variants/interpolations need it)."""
+        return self.num_samples + sum(self.per_class.values())
+
+
+@dataclass
+class PipelineConfig:
+    """The whole augmentation job.
+
+    Args:
+        data: the seed images.
+        model: the VAE; `image_size`/`channels` are what the data is converted to.
+        train: training settings.
+        generate: sampling settings.
+        ray: how to reach Ray.
+        conditional: train a class-conditional VAE on the data's labels (sets `model.num_classes`).
+        output_dir: where the model (`model/`), reports and, by default, the dataset go.
+    """
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: VAEConfig = field(default_factory=VAEConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    conditional: bool = True
+    output_dir: str = "./outputs/digits"
+
+    @property
+    def model_dir(self) -> str:
+        """The stable location of the exported model that the sampling stage reads."""
+        return self.output_dir.rstrip("/") + "/model"
+
+    @property
+    def dataset_dir(self) -> str:
+        """Where the synthetic dataset is written."""
+        return self.generate.output or self.output_dir.rstrip("/") + "/synthetic"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON/YAML-ready dict (tuples as lists)."""
+        return _plain(dataclasses.asdict(self))
+
+
+# ---------------------------------------------------------------------------------------- builder
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp`; convert lists to tuples and ints to floats."""
+    origin, args = get_origin(tp), get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}={value!r}: expected {_type_name(tp)}")
+    if origin is Literal:
+        if value in args:
+            return value
+        raise ConfigError(f"{key}={value!r}: use one of {list(args)}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping of settings, got {value!r}")
+        return build(tp, value, key)
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}={value!r}: expected a list")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{key}={value!r}: expected a list of {len(args)} values")
+        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}={value!r}: expected a mapping")
+        vt = args[1] if args else Any
+        return {str(k): _coerce(v, vt, f"{key}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    else:
+        return value
+    raise ConfigError(f"{key}={value!r}: expected {_type_name(tp)}")
+
+
+def build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    """Build dataclass `cls` from a (nested) dict, rejecting unknown keys and wrong types.
+
+    Args:
+        cls: a dataclass type.
+        data: its settings; missing keys keep their defaults.
+        prefix: dotted path of `cls` in the whole config, for messages ("train").
+
+    Returns:
+        An instance of `cls` (which then runs its own validation).
+    """
+    hints = get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(
+            f"unknown config key(s) {[where + k for k in unknown]}: valid keys under "
+            f"'{prefix or '<top level>'}' are {names}"
+        )
+    kwargs = {k: _coerce(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    node = tree
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override '{dotted}': '{part}' is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """`["train.epochs=5", "model.hidden_channels=[32,64]"]` -> nested dict (values parsed as YAML)."""
+    tree: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r}: write it as key.subkey=value (e.g. train.epochs=5)")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override {item!r}: value is not valid YAML ({exc.problem})") from None
+        _set_dotted(tree, key.strip(), value)
+    return tree
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in update.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> PipelineConfig:
+    """Defaults, then the YAML file at `path`, then dotted overrides.
+
+    Args:
+        path: a YAML file with any subset of the `PipelineConfig` keys, or None.
+        overrides: "a.b=value" strings (YAML values), applied last.
+
+    Returns:
+        The validated `PipelineConfig`.
+
+    Raises:
+        ConfigError: unknown key, wrong type or invalid value (the message names the key).
+    """
+    tree: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file '{path}' not found: check the path")
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file '{path}' is not valid YAML: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file '{path}' must hold a mapping of sections (data:, model:, ...)")
+        tree = loaded
+    tree = _merge(tree, parse_overrides(overrides or []))
+    return build(PipelineConfig, tree)
+
+
+def save_config(cfg: PipelineConfig) -> str:
+    """The merged config as YAML text (written next to the outputs by each stage)."""
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+def config_from_dict(data: dict[str, Any]) -> PipelineConfig:
+    """Inverse of `PipelineConfig.to_dict` (strict)."""
+    return build(PipelineConfig, data)

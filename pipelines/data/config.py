@@ -1,0 +1,122 @@
+"""Typed configuration of the input data: which source, where it lives, which part of it to load."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from vae.config import ConfigError
+
+#: Sources read by torchvision from a local root folder (`path` defaults to `DEFAULT_ROOT`).
+TORCHVISION_SOURCES: tuple[str, ...] = ("mnist", "fashion-mnist", "cifar10")
+#: Sources read from a user-given local path or fsspec URL (`path` is required).
+URL_SOURCES: tuple[str, ...] = ("folder", "parquet")
+#: Every source name `DataConfig.source` accepts; `pipelines.data.sources.LOADERS` has one loader each.
+SOURCES: tuple[str, ...] = ("digits", *TORCHVISION_SOURCES, *URL_SOURCES)
+#: Root folder of the torchvision sources when `path` is not given.
+DEFAULT_ROOT = "./data"
+SPLITS: tuple[str, ...] = ("train", "test")
+
+
+@dataclass
+class DataConfig:
+    """Where the training images come from.
+
+    Args:
+        source: one of `SOURCES`: "digits" (scikit-learn's 8x8 digits, embedded, works offline),
+            "mnist", "fashion-mnist", "cifar10" (torchvision), "folder" (one subfolder per class of
+            PNG/JPEG files) or "parquet" (Hugging Face layout: image struct<bytes, path> + int label).
+        path: for torchvision sources the local root folder (default "./data"); for "folder" and
+            "parquet" the required local path or fsspec URL (s3://, gs://, memory://, file://).
+            Ignored by "digits".
+        download: let torchvision download a missing dataset into `path`.
+        split: "train" or "test" (torchvision sources). "digits" has no official split and always
+            loads all 1797 images; "folder" and "parquet" load what `path` points at.
+        image_column: Parquet column holding the images (struct<bytes: binary, path: string>).
+        label_column: Parquet column holding the integer class labels.
+        limit: load only the first N images (in the source's stable order), for quick runs.
+        storage_options: extra fsspec options for `path` (e.g. {"anon": true} or endpoint settings).
+    """
+
+    source: str = "digits"
+    path: str | None = None
+    download: bool = False
+    split: str = "train"
+    image_column: str = "image"
+    label_column: str = "label"
+    limit: int | None = None
+    storage_options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise `ConfigError` naming the first invalid field and how to fix it."""
+        if self.source not in SOURCES:
+            raise ConfigError(f"data.source={self.source!r} is unknown: use one of {list(SOURCES)}")
+        if self.path is not None and (not isinstance(self.path, str) or not self.path.strip()):
+            raise ConfigError(f"data.path={self.path!r}: give a non-empty path or URL, or null")
+        if self.source in URL_SOURCES and self.path is None:
+            raise ConfigError(
+                f"data.path is required for data.source={self.source!r}: give a local path or URL "
+                "(s3://, gs://, memory://, file://)"
+            )
+        if self.source in TORCHVISION_SOURCES and self.path is not None and _is_remote(self.path):
+            raise ConfigError(
+                f"data.path={self.path!r}: source {self.source!r} is read by torchvision from a local "
+                "folder only: give a local directory (or copy the files there first)"
+            )
+        if not isinstance(self.download, bool):
+            raise ConfigError(f"data.download={self.download!r}: use true or false")
+        if self.split not in SPLITS:
+            raise ConfigError(f"data.split={self.split!r}: use one of {list(SPLITS)}")
+        for key in ("image_column", "label_column"):
+            value = getattr(self, key)
+            if not isinstance(value, str) or not value:
+                raise ConfigError(f"data.{key}={value!r}: give the name of a Parquet column")
+        if self.limit is not None and (
+            isinstance(self.limit, bool) or not isinstance(self.limit, int) or self.limit < 1
+        ):
+            raise ConfigError(f"data.limit={self.limit!r}: give a positive integer, or null for all images")
+        if not isinstance(self.storage_options, dict):
+            raise ConfigError(
+                f"data.storage_options={self.storage_options!r}: give a mapping of fsspec options"
+            )
+
+    @property
+    def root(self) -> str | None:
+        """`path`, or `DEFAULT_ROOT` for torchvision sources when no path was given."""
+        if self.path is None and self.source in TORCHVISION_SOURCES:
+            return DEFAULT_ROOT
+        return self.path
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (note: includes `storage_options`, which may hold credentials)."""
+        out = dataclasses.asdict(self)
+        out["storage_options"] = dict(self.storage_options)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DataConfig:
+        """Build from a dict; unknown keys are an error (typos must not pass silently).
+
+        Args:
+            data: mapping of field names to values, e.g. from YAML/JSON.
+
+        Returns:
+            The validated config.
+        """
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown data config key(s) {unknown}: valid keys are {sorted(known)}")
+        return cls(**data)
+
+
+def _is_remote(path: str) -> bool:
+    """Whether `path` is a URL other than file:// (torchvision cannot read those)."""
+    return "://" in path and not path.startswith("file://")
+
+
+__all__ = ["DEFAULT_ROOT", "SOURCES", "SPLITS", "TORCHVISION_SOURCES", "URL_SOURCES", "DataConfig"]

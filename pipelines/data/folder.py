@@ -1,0 +1,109 @@
+"""The "folder" source: one subfolder per class of PNG/JPEG files, on any fsspec filesystem."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from pipelines.data.config import DataConfig
+from pipelines.data.decode import IMAGE_EXTENSIONS, ImageDecodeError, decode_image, has_image_extension
+from pipelines.data.filesystems import display_name, first_line, is_hidden, open_root, relative
+from pipelines.data.imageset import ImageSet
+from pipelines.errors import DataError
+
+#: Files fetched per round trip (s3fs fetches one round concurrently).
+_FETCH_BATCH = 256
+
+
+def load_folder(data: DataConfig, size: tuple[int, int], channels: int) -> ImageSet:
+    """Load `<path>/<class>/**/<file>.{png,jpg,jpeg}`; class names are the sorted subfolder names.
+
+    Args:
+        data: the data config (`path`, `storage_options`, `limit` are used).
+        size: target (H, W).
+        channels: target channels, 1 or 3.
+
+    Returns:
+        An `ImageSet` in [0, 1] (not yet in the model's range), ordered by class then path; ids are
+        the files' paths relative to `path` (e.g. "cat/001.png").
+
+    Raises:
+        DataError: missing path, no class subfolders, no image files, unreadable or corrupt file.
+    """
+    assert data.path is not None  # guaranteed by DataConfig
+    fs, root = open_root(data.path, data.storage_options)
+    if not fs.isdir(root):
+        raise DataError(
+            f"data.path {data.path!r} is a file, not a folder: give a folder with one subfolder per "
+            "class (or use data.source='parquet' for Parquet files)"
+        )
+    class_names, files = _scan(fs, root, data.path)
+    if data.limit is not None:
+        files = files[: data.limit]
+    labels = {name: i for i, name in enumerate(class_names)}
+
+    height, width = size
+    images = np.empty((len(files), channels, height, width), dtype=np.float32)  # (N, C, H, W)
+    for start in range(0, len(files), _FETCH_BATCH):
+        batch = files[start : start + _FETCH_BATCH]
+        blobs = fs.cat_ranges([full for _, full in batch], None, None, on_error="return")
+        for i, ((rel, _), blob) in enumerate(zip(batch, blobs, strict=True), start=start):
+            name = display_name(data.path, rel)
+            if isinstance(blob, BaseException):
+                raise DataError(f"cannot read image {name!r}: {first_line(blob)}; check access to the file")
+            try:
+                images[i] = decode_image(blob, size, channels)
+            except ImageDecodeError as exc:
+                raise DataError(f"corrupt image {name!r}: {exc}; remove or replace it") from None
+
+    return ImageSet(
+        images=torch.from_numpy(images),
+        labels=torch.tensor([labels[rel.split("/", 1)[0]] for rel, _ in files], dtype=torch.int64),
+        class_names=class_names,
+        ids=[rel for rel, _ in files],
+    )
+
+
+def _scan(fs, root: str, path: str) -> tuple[list[str], list[tuple[str, str]]]:
+    """List class subfolders and image files below `root` in one recursive listing.
+
+    Returns:
+        (class_names, files): sorted class names and (relative, full) paths of image files, ordered
+        by class index then relative path. Hidden entries (".name") are skipped.
+    """
+    try:
+        entries = fs.find(root, withdirs=True, detail=True)
+    except OSError as exc:
+        raise DataError(f"cannot list data.path {path!r}: {first_line(exc)}") from exc
+    classes: set[str] = set()
+    found: list[tuple[str, str]] = []
+    for full, info in entries.items():
+        rel = relative(root, full)
+        if not rel or is_hidden(rel):
+            continue
+        parts = rel.split("/")
+        if info.get("type") == "directory":
+            if len(parts) == 1:
+                classes.add(parts[0])
+        elif len(parts) >= 2:  # files directly under root belong to no class
+            classes.add(parts[0])
+            if has_image_extension(parts[-1]):
+                found.append((rel, full))
+    if not classes:
+        raise DataError(
+            f"data.path {path!r} has no class subfolders: put the images in one subfolder per class, "
+            f"e.g. {display_name(path, 'cat/001.png')!r}"
+        )
+    class_names = sorted(classes)
+    if not found:
+        raise DataError(
+            f"no image files under data.path {path!r} (class subfolders {class_names[:5]}"
+            f"{'...' if len(class_names) > 5 else ''}): add files ending in "
+            f"{', '.join(IMAGE_EXTENSIONS)} (any case)"
+        )
+    index = {name: i for i, name in enumerate(class_names)}
+    found.sort(key=lambda item: (index[item[0].split("/", 1)[0]], item[0]))
+    return class_names, found
+
+
+__all__ = ["load_folder"]

@@ -1,0 +1,115 @@
+"""`ImageSet`: labelled images in the model's range, with stable per-image ids."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class ImageSet:
+    """A labelled set of images, ready for the model.
+
+    Args:
+        images: float32 (N, C, H, W), already in the model's range (see `vae.ranges.to_model_range`).
+        labels: int64 (N,) class indices into `class_names`.
+        class_names: name of each class; `len(class_names)` is the number of classes.
+        ids: a stable id per image (e.g. "mnist/train/123" or a file's path relative to the source
+            root); generated variants refer to their source image by it.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    class_names: list[str]
+    ids: list[str]
+
+    def __post_init__(self) -> None:
+        if self.images.ndim != 4 or self.images.dtype != torch.float32:
+            raise ValueError(
+                f"ImageSet.images must be float32 (N, C, H, W), got {self.images.dtype} "
+                f"{tuple(self.images.shape)}"
+            )
+        n = self.images.shape[0]
+        if self.labels.shape != (n,) or self.labels.dtype != torch.int64:
+            raise ValueError(
+                f"ImageSet.labels must be int64 ({n},), got {self.labels.dtype} {tuple(self.labels.shape)}"
+            )
+        if len(self.ids) != n:
+            raise ValueError(f"ImageSet.ids has {len(self.ids)} entries for {n} images")
+        self.class_names = [str(c) for c in self.class_names]
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes (`len(class_names)`)."""
+        return len(self.class_names)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one image."""
+        return tuple(self.images.shape[1:])  # type: ignore[return-value]
+
+    def fingerprint(self) -> str:
+        """Content hash of the images, labels and class names (not the ids).
+
+        Returns:
+            sha256 hex digest; equal for equal data wherever it was loaded from, so it can key a
+            cache of trained models across runs.
+        """
+        h = hashlib.sha256()
+        header = {"shape": list(self.images.shape), "classes": self.class_names}
+        h.update(json.dumps(header, sort_keys=True).encode())
+        h.update(self.images.detach().cpu().contiguous().numpy().tobytes())  # (N, C, H, W) float32
+        h.update(self.labels.detach().cpu().contiguous().numpy().tobytes())  # (N,) int64
+        return h.hexdigest()
+
+    def subset(self, indices: Sequence[int] | torch.Tensor) -> ImageSet:
+        """The images at `indices`, in that order.
+
+        Args:
+            indices: integer positions (a sequence or a 1-D tensor).
+
+        Returns:
+            A new `ImageSet` (copied tensors) with the same class names.
+        """
+        idx = torch.as_tensor(indices, dtype=torch.int64).reshape(-1)
+        return ImageSet(
+            images=self.images[idx].clone(),
+            labels=self.labels[idx].clone(),
+            class_names=list(self.class_names),
+            ids=[self.ids[i] for i in idx.tolist()],
+        )
+
+    def split(self, val_fraction: float, seed: int = 0) -> tuple[ImageSet, ImageSet]:
+        """Random train/validation split, the same for the same data, fraction and seed.
+
+        Args:
+            val_fraction: share of images for validation, in [0, 1). When > 0, validation gets at
+                least one image (and training keeps at least one).
+            seed: seed of the shuffle that picks the validation images.
+
+        Returns:
+            (train, val): disjoint subsets that together hold every image, each in source order.
+        """
+        if not 0.0 <= val_fraction < 1.0:
+            raise ValueError(f"val_fraction={val_fraction}: use a value in [0, 1)")
+        n = len(self)
+        n_val = round(n * val_fraction)
+        if val_fraction > 0:
+            if n < 2:
+                raise ValueError(f"cannot split {n} image(s) into non-empty train and validation sets")
+            n_val = min(max(n_val, 1), n - 1)
+        gen = torch.Generator().manual_seed(int(seed))
+        perm = torch.randperm(n, generator=gen)
+        val_idx, _ = perm[:n_val].sort()
+        train_idx, _ = perm[n_val:].sort()
+        return self.subset(train_idx), self.subset(val_idx)
+
+
+__all__ = ["ImageSet"]

@@ -1,0 +1,251 @@
+"""The "parquet" source: Hugging Face-layout Parquet (image struct<bytes, path> + int label column).
+
+Only the image and label columns are read, one file and batch at a time, so the same functions can
+later stream large datasets (`iter_parquet_files`, `check_schema`, `decode_image_batch`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+from fsspec import AbstractFileSystem
+
+from pipelines.data.config import DataConfig
+from pipelines.data.decode import ImageDecodeError, decode_image
+from pipelines.data.filesystems import display_name, first_line, is_hidden, open_root, relative
+from pipelines.data.imageset import ImageSet
+from pipelines.errors import DataError
+
+_BATCH_ROWS = 1024
+
+
+def load_parquet(data: DataConfig, size: tuple[int, int], channels: int) -> ImageSet:
+    """Load a Parquet file, or every *.parquet file below a folder (sorted by path).
+
+    Args:
+        data: the data config (`path`, `storage_options`, `image_column`, `label_column`, `limit`).
+        size: target (H, W).
+        channels: target channels, 1 or 3.
+
+    Returns:
+        An `ImageSet` in [0, 1] (not yet in the model's range). Class names come from the
+        `huggingface` schema metadata (ClassLabel names) when present, else "0".."max label".
+        Ids are "<file relative to path>#<row in file>" ("<file name>#<row>" for a single file).
+
+    Raises:
+        DataError: missing path, no Parquet files, missing or mistyped columns, bad labels,
+            corrupt image bytes (naming the file and row).
+    """
+    assert data.path is not None  # guaranteed by DataConfig
+    fs, root = open_root(data.path, data.storage_options)
+    parts: list[np.ndarray] = []
+    labels: list[np.ndarray] = []
+    ids: list[str] = []
+    names: list[str] | None = None
+    remaining = data.limit
+    for full, name, rel in iter_parquet_files(fs, root, data.path):
+        if remaining is not None and remaining <= 0:
+            break
+        with fs.open(full, "rb") as fh:
+            try:
+                pfile = pq.ParquetFile(fh)
+            except (pa.ArrowException, OSError) as exc:
+                raise DataError(f"cannot read Parquet file {name!r}: {first_line(exc)}") from exc
+            file_names = check_schema(pfile.schema_arrow, data.image_column, data.label_column, name)
+            names = names if names is not None else file_names
+            row = 0
+            for batch in pfile.iter_batches(
+                batch_size=_BATCH_ROWS, columns=[data.image_column, data.label_column]
+            ):
+                if remaining is not None:
+                    batch = batch.slice(0, remaining)
+                    remaining -= batch.num_rows
+                labels.append(_labels(batch.column(data.label_column), name, row))
+                parts.append(decode_image_batch(batch.column(data.image_column), size, channels, name, row))
+                ids.extend(f"{rel}#{row + i}" for i in range(batch.num_rows))
+                row += batch.num_rows
+                if remaining is not None and remaining <= 0:
+                    break
+    if not ids:
+        raise DataError(
+            f"the Parquet data at data.path {data.path!r} has no rows: point it at non-empty files"
+        )
+    all_labels = np.concatenate(labels)
+    max_label = int(all_labels.max())
+    if names is None:
+        names = [str(i) for i in range(max_label + 1)]
+    elif max_label >= len(names):
+        raise DataError(
+            f"label {max_label} in {data.path!r} is outside the {len(names)} ClassLabel names of the "
+            f"'huggingface' metadata: fix the labels or the metadata's names"
+        )
+    return ImageSet(
+        images=torch.from_numpy(np.concatenate(parts)),  # (N, C, H, W)
+        labels=torch.from_numpy(all_labels.astype(np.int64)),
+        class_names=names,
+        ids=ids,
+    )
+
+
+def iter_parquet_files(fs: AbstractFileSystem, root: str, path: str) -> Iterator[tuple[str, str, str]]:
+    """The Parquet files at `root`: itself if a file, else every non-hidden *.parquet below it.
+
+    Args:
+        fs: the filesystem.
+        root: the scheme-less root, as returned by `open_root`.
+        path: the user's `data.path`, for names in messages.
+
+    Returns:
+        Iterator of (full path on fs, display name, id prefix), sorted by path.
+    """
+    if not fs.isdir(root):
+        base = root.rsplit("/", 1)[-1]
+        yield root, path, base
+        return
+    try:
+        found = sorted(fs.find(root))
+    except OSError as exc:
+        raise DataError(f"cannot list data.path {path!r}: {first_line(exc)}") from exc
+    files = []
+    for full in found:
+        rel = relative(root, full)
+        if rel.lower().endswith(".parquet") and not is_hidden(rel) and not rel.split("/")[-1].startswith("_"):
+            files.append((full, rel))
+    if not files:
+        raise DataError(
+            f"no .parquet files under data.path {path!r}: point it at a Parquet file or a folder of them"
+        )
+    for full, rel in files:
+        yield full, display_name(path, rel), rel
+
+
+def check_schema(schema: pa.Schema, image_column: str, label_column: str, name: str) -> list[str] | None:
+    """Check the image and label columns of one file and read its ClassLabel names.
+
+    Args:
+        schema: the file's Arrow schema (with metadata).
+        image_column: `data.image_column`.
+        label_column: `data.label_column`.
+        name: the file's display name, for messages.
+
+    Returns:
+        The label column's ClassLabel names from the `huggingface` metadata, or None.
+
+    Raises:
+        DataError: a column is missing or has the wrong type.
+    """
+    for key, column in (("image_column", image_column), ("label_column", label_column)):
+        if column not in schema.names:
+            raise DataError(
+                f"column {column!r} not found in {name!r} (columns: {schema.names}): set data.{key} "
+                "(data.image_column / data.label_column) to the right column"
+            )
+    image_type = schema.field(image_column).type
+    if not (
+        pa.types.is_struct(image_type)
+        and image_type.get_field_index("bytes") >= 0
+        and _is_binary(image_type.field(image_type.get_field_index("bytes")).type)
+    ):
+        raise DataError(
+            f"column {image_column!r} in {name!r} has type {image_type}, not struct<bytes: binary, "
+            "path: string> (Hugging Face Image): set data.image_column to the image column"
+        )
+    label_type = schema.field(label_column).type
+    if not pa.types.is_integer(label_type):
+        raise DataError(
+            f"column {label_column!r} in {name!r} has type {label_type}, not an integer class index: "
+            "set data.label_column to the integer label column"
+        )
+    return class_label_names(schema.metadata, label_column)
+
+
+def class_label_names(metadata: dict[bytes, bytes] | None, label_column: str) -> list[str] | None:
+    """ClassLabel names of `label_column` from the `huggingface` schema metadata, if any.
+
+    Args:
+        metadata: Arrow schema metadata.
+        label_column: the label column's name.
+
+    Returns:
+        The names, or None when the metadata or the ClassLabel is absent or unreadable.
+    """
+    raw = (metadata or {}).get(b"huggingface")
+    if not raw:
+        return None
+    try:
+        info: Any = json.loads(raw)
+        feature = info["info"]["features"][label_column]
+        names = feature.get("names") if isinstance(feature, dict) else None
+    except (ValueError, KeyError, TypeError):
+        return None
+    return [str(n) for n in names] if isinstance(names, list) and names else None
+
+
+def decode_image_batch(
+    column: pa.Array, size: tuple[int, int], channels: int, name: str, first_row: int
+) -> np.ndarray:
+    """Decode a struct<bytes, path> column to float32 (N, C, H, W) in [0, 1].
+
+    Args:
+        column: the image column of one record batch.
+        size: target (H, W).
+        channels: target channels.
+        name: display name of the file, for messages.
+        first_row: row index (in the file) of the column's first element.
+
+    Returns:
+        float32 (N, C, H, W) in [0, 1].
+
+    Raises:
+        DataError: a row has no bytes or undecodable bytes (naming the file and row).
+    """
+    blobs = pc.struct_field(column, "bytes").to_pylist()  # None where the struct or bytes is null
+    height, width = size
+    out = np.empty((len(blobs), channels, height, width), dtype=np.float32)  # (N, C, H, W)
+    for i, blob in enumerate(blobs):
+        row = first_row + i
+        if blob is None:
+            raise DataError(
+                f"row {row} of {name!r} has no image bytes (path-only images are not supported): "
+                "embed the image bytes in the Parquet file"
+            )
+        try:
+            out[i] = decode_image(blob, size, channels)
+        except ImageDecodeError as exc:
+            raise DataError(f"corrupt image in {name!r} row {row}: {exc}; remove or replace it") from None
+    return out
+
+
+def _labels(column: pa.Array, name: str, first_row: int) -> np.ndarray:
+    """Integer labels of one batch; nulls and negatives are errors."""
+    if column.null_count:
+        row = first_row + column.is_null().to_pylist().index(True)
+        raise DataError(f"row {row} of {name!r} has no label: fill in the label column or drop the row")
+    values = column.to_numpy(zero_copy_only=False).astype(np.int64)
+    if len(values) and values.min() < 0:
+        idx = int(np.argmax(values < 0))
+        raise DataError(
+            f"row {first_row + idx} of {name!r} has label {int(values[idx])}: "
+            "labels must be class indices >= 0 (drop unlabelled rows)"
+        )
+    return values
+
+
+def _is_binary(t: pa.DataType) -> bool:
+    return pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_binary_view(t)
+
+
+__all__ = [
+    "check_schema",
+    "class_label_names",
+    "decode_image_batch",
+    "iter_parquet_files",
+    "load_parquet",
+]

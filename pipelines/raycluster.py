@@ -1,0 +1,86 @@
+"""Connecting to Ray: an existing cluster by address, else a local Ray sized to this machine."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+from pipelines.config import RayConfig
+from pipelines.errors import PipelineError
+
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT_S = 5.0
+
+
+@dataclass
+class ClusterInfo:
+    """What the connected Ray cluster offers."""
+
+    address: str | None  # None: a local Ray started by this process
+    num_cpus: float
+    num_gpus: float
+    num_nodes: int
+
+
+def _check_reachable(address: str) -> None:
+    """Fail fast (seconds, not minutes) when nothing listens at a host:port address."""
+    if address == "auto":
+        return
+    parsed = urlparse(address if "://" in address else f"tcp://{address}")
+    host, port = parsed.hostname, parsed.port
+    if host is None or port is None:
+        raise PipelineError(
+            f"Ray address {address!r} is not host:port or ray://host:port: fix ray.address / RAY_ADDRESS"
+        )
+    try:
+        with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S):
+            pass
+    except OSError as exc:
+        raise PipelineError(
+            f"cannot reach the Ray cluster at {address!r} ({exc.strerror or exc}): check ray.address / "
+            "RAY_ADDRESS and that the head node is running, or unset both to use a local Ray"
+        ) from None
+
+
+def ensure_ray(cfg: RayConfig | None = None) -> ClusterInfo:
+    """Connect to Ray once per process and describe the cluster.
+
+    Args:
+        cfg: `address` (or the `RAY_ADDRESS` environment variable) selects an existing cluster;
+            otherwise a local Ray with `num_cpus` CPUs (default: all) is started.
+
+    Returns:
+        `ClusterInfo` with the cluster's total CPUs, GPUs and alive nodes.
+
+    Raises:
+        PipelineError: the address is malformed or unreachable.
+    """
+    import ray
+
+    cfg = cfg or RayConfig()
+    address = cfg.address or os.environ.get("RAY_ADDRESS") or None
+    if not ray.is_initialized():
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        if address:
+            _check_reachable(address)
+            try:
+                ray.init(address=address, log_to_driver=True, configure_logging=False)
+            except (ConnectionError, RuntimeError) as exc:
+                raise PipelineError(
+                    f"cannot connect to the Ray cluster at {address!r}: {str(exc).splitlines()[0]}; "
+                    "check ray.address / RAY_ADDRESS"
+                ) from None
+        else:
+            ray.init(num_cpus=cfg.num_cpus, include_dashboard=False, configure_logging=False)
+    resources = ray.cluster_resources()
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    return ClusterInfo(
+        address=address,
+        num_cpus=float(resources.get("CPU", 0.0)),
+        num_gpus=float(resources.get("GPU", 0.0)),
+        num_nodes=len(nodes),
+    )

@@ -1,0 +1,94 @@
+"""The training stage's output at `PipelineConfig.model_dir`, read by the sampling stage.
+
+Layout (local path or fsspec URL):
+    model/config.json, model.safetensors, environment.json   (vae.io: self-describing model)
+    model/metrics.json     per-epoch history (train/held-out loss, recon, KL, samples/s)
+    model/loss_curve.png   the history as a plot
+    model/samples.png      prior samples per class + real images and their reconstructions
+    model/pipeline.yaml    the merged pipeline config that produced the model
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import fsspec
+
+from pipelines.config import PipelineConfig, save_config
+from pipelines.data.imageset import ImageSet
+from pipelines.visualize import loss_curve, png_bytes, sample_grid
+from vae.io import SavedModel, save_model
+from vae.model import VAE
+
+METRICS_FILE = "metrics.json"
+LOSS_CURVE_FILE = "loss_curve.png"
+GRID_FILE = "samples.png"
+CONFIG_COPY = "pipeline.yaml"
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced."""
+
+    model_dir: str
+    sha256: str
+    history: list[dict[str, float]]
+    grid_path: str
+    resumed_from_epoch: int = 0
+
+    @property
+    def final(self) -> dict[str, float]:
+        """Metrics of the last epoch."""
+        return self.history[-1] if self.history else {}
+
+
+def export_trained_model(
+    model: VAE,
+    cfg: PipelineConfig,
+    class_names: Sequence[str],
+    data_fingerprint: str,
+    history: Sequence[dict[str, Any]],
+    preview: ImageSet,
+    resumed_from_epoch: int = 0,
+) -> TrainResult:
+    """Write the model and its reports to `cfg.model_dir`.
+
+    Args:
+        model: the trained VAE (unwrapped, any device).
+        cfg: the pipeline config (saved next to the model).
+        class_names: the data's class names, in label order.
+        data_fingerprint: `ImageSet.fingerprint()` of the training data (provenance, caching).
+        history: one metrics dict per epoch (keys: epoch, train_loss, val_loss, ...).
+        preview: held-out images for the reconstruction rows of the grid.
+        resumed_from_epoch: epochs that were restored from a checkpoint rather than run now.
+
+    Returns:
+        `TrainResult` with the model location and checksum.
+    """
+    model = model.eval()
+    extra = {
+        "class_names": list(class_names),
+        "data_fingerprint": data_fingerprint,
+        "data": cfg.to_dict()["data"],
+        "train": cfg.to_dict()["train"],
+        "epochs_trained": int(history[-1]["epoch"]) if history else 0,
+    }
+    saved: SavedModel = save_model(model, cfg.model_dir, extra=extra)
+    fs, root = fsspec.core.url_to_fs(cfg.model_dir)
+    root = root.rstrip("/")
+    fs.pipe_file(f"{root}/{METRICS_FILE}", json.dumps(list(history), indent=2).encode())
+    if history:
+        fs.pipe_file(f"{root}/{LOSS_CURVE_FILE}", loss_curve(history))
+    grid = sample_grid(model, preview.images, preview.labels, class_names, seed=cfg.train.seed)
+    fs.pipe_file(f"{root}/{GRID_FILE}", png_bytes(grid))
+    fs.pipe_file(f"{root}/{CONFIG_COPY}", save_config(cfg).encode())
+    return TrainResult(
+        model_dir=cfg.model_dir,
+        sha256=saved.sha256,
+        history=list(history),
+        grid_path=cfg.model_dir.rstrip("/") + "/" + GRID_FILE,
+        resumed_from_epoch=resumed_from_epoch,
+    )

@@ -1,0 +1,56 @@
+"""Single-process training loop (no Ray): the reference the distributed runner is measured against,
+and the quick path for small data."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from pipelines.config import PipelineConfig
+from pipelines.data.imageset import ImageSet
+from pipelines.training.common import epoch_row, model_config_for
+from pipelines.training.export import TrainResult, export_trained_model
+from vae.model import VAE
+from vae.training import evaluate, iterate_batches, make_optimizer, train_epoch
+
+
+def fit_local(
+    cfg: PipelineConfig,
+    data: ImageSet,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
+    export: bool = True,
+) -> tuple[VAE, list[dict[str, float]], TrainResult | None]:
+    """Train `cfg.model` on `data` in this process, then export it to `cfg.model_dir`.
+
+    Args:
+        cfg: pipeline config (its `train` section: epochs, batch_size, lr, seed, val_fraction).
+        data: the images, already in the model's range.
+        on_epoch: called with each epoch's metrics row (e.g. to print it).
+        export: write the model and reports to `cfg.model_dir`.
+
+    Returns:
+        (model, history, export result or None).
+    """
+    t = cfg.train
+    torch.manual_seed(t.seed)
+    train_set, val_set = data.split(t.val_fraction, seed=t.seed)
+    model = VAE(model_config_for(cfg, data))
+    optimizer = make_optimizer(model, t.lr, t.weight_decay)
+    shuffle = torch.Generator().manual_seed(t.seed)
+    history: list[dict[str, float]] = []
+    for epoch in range(1, t.epochs + 1):
+        batches = iterate_batches(train_set.images, train_set.labels, t.batch_size, True, shuffle)
+        train = train_epoch(model, optimizer, batches)
+        val = None
+        if len(val_set):
+            val = evaluate(model, iterate_batches(val_set.images, val_set.labels, 1024), seed=t.seed)
+        row = epoch_row(epoch, train, val, train.samples_per_s)
+        history.append(row)
+        if on_epoch is not None:
+            on_epoch(row)
+    result = None
+    if export:
+        preview = val_set if len(val_set) else train_set
+        result = export_trained_model(model, cfg, data.class_names, data.fingerprint(), history, preview)
+    return model, history, result
