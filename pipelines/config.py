@@ -204,9 +204,33 @@ class PipelineConfig:
         """Where the synthetic dataset is written."""
         return self.generate.output or self.output_dir.rstrip("/") + "/synthetic"
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON/YAML-ready dict (tuples as lists)."""
-        return _plain(dataclasses.asdict(self))
+    def to_dict(self, redact: bool = False) -> dict[str, Any]:
+        """Plain JSON/YAML-ready dict (tuples as lists).
+
+        Args:
+            redact: replace secret-looking `storage_options` values (keys, secrets, tokens,
+                passwords) with "<redacted>": use it for anything written to files or logs.
+        """
+        out = _plain(dataclasses.asdict(self))
+        if redact:
+            for section in ("data", "generate"):
+                out[section]["storage_options"] = redact_secrets(out[section]["storage_options"])
+        return out
+
+
+_SECRET_WORDS = ("key", "secret", "token", "password", "credential", "session")
+
+
+def redact_secrets(options: Any) -> Any:
+    """Copy of `options` with values under secret-looking keys replaced by "<redacted>"."""
+    if isinstance(options, dict):
+        return {
+            k: "<redacted>" if any(w in str(k).lower() for w in _SECRET_WORDS) else redact_secrets(v)
+            for k, v in options.items()
+        }
+    if isinstance(options, list):
+        return [redact_secrets(v) for v in options]
+    return options
 
 
 # ---------------------------------------------------------------------------------------- builder
@@ -361,8 +385,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def save_config(cfg: PipelineConfig) -> str:
-    """The merged config as YAML text (written next to the outputs by each stage)."""
-    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+    """The merged config as YAML text, secrets redacted (written next to the outputs by each stage)."""
+    return yaml.safe_dump(cfg.to_dict(redact=True), sort_keys=False)
 
 
 def config_from_dict(data: dict[str, Any]) -> PipelineConfig:

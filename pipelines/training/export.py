@@ -72,8 +72,8 @@ def export_trained_model(
     extra = {
         "class_names": list(class_names),
         "data_fingerprint": data_fingerprint,
-        "data": cfg.to_dict()["data"],
-        "train": cfg.to_dict()["train"],
+        "data": cfg.to_dict(redact=True)["data"],
+        "train": cfg.to_dict(redact=True)["train"],
         "epochs_trained": int(history[-1]["epoch"]) if history else 0,
     }
     saved: SavedModel = save_model(model, cfg.model_dir, extra=extra)
