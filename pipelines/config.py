@@ -40,6 +40,31 @@ class RayConfig:
 
 
 @dataclass
+class FlowConfig:
+    """Prefect orchestration settings.
+
+    Args:
+        result_storage: where task results and the training cache live (local dir or fsspec URL such
+            as s3://bucket/prefect); None: Prefect's default (`PREFECT_LOCAL_STORAGE_PATH`).
+        cache_training: reuse a trained model when the data fingerprint and the training config match
+            an earlier run (set false to always retrain).
+        retries: retries of the stages that can fail transiently (data loading, training, sampling).
+        retry_delay_seconds: first retry delay; each further retry waits twice as long.
+    """
+
+    result_storage: str | None = None
+    cache_training: bool = True
+    retries: int = 2
+    retry_delay_seconds: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.retries < 0:
+            raise ConfigError(f"flow.retries={self.retries}: must be >= 0")
+        if self.retry_delay_seconds < 0:
+            raise ConfigError(f"flow.retry_delay_seconds={self.retry_delay_seconds}: must be >= 0")
+
+
+@dataclass
 class TrainConfig:
     """Distributed training settings (Ray Train).
 
@@ -61,6 +86,9 @@ class TrainConfig:
         streaming: "auto" streams data through Ray Data when it is larger than `stream_above_mb`,
             "always"/"never" force it.
         stream_above_mb: size threshold for "auto".
+        cpus_per_worker: CPUs (and torch threads) per Ray Train worker; None: as many as the cluster
+            can give every worker evenly.
+        backend: "ray" (Ray Train, any number of workers) or "local" (this process, no Ray).
     """
 
     epochs: int = 30
@@ -79,6 +107,8 @@ class TrainConfig:
     run_name: str | None = None
     streaming: Literal["auto", "always", "never"] = "auto"
     stream_above_mb: float = 512.0
+    cpus_per_worker: int | None = None
+    backend: Literal["ray", "local"] = "ray"
 
     def __post_init__(self) -> None:
         checks = [
@@ -91,6 +121,7 @@ class TrainConfig:
             (self.checkpoint_every >= 1, "checkpoint_every", "must be >= 1"),
             (self.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1"),
             (self.max_failures >= -1, "max_failures", "must be >= 0, or -1 for unlimited"),
+            (self.cpus_per_worker is None or self.cpus_per_worker >= 1, "cpus_per_worker", "must be >= 1"),
             (bool(self.storage_path), "storage_path", "give a local path or s3:// / gs:// URL"),
         ]
         for ok, key, fix in checks:
@@ -119,7 +150,10 @@ class GenerateConfig:
         seed: the job's seed; shard i's randomness derives from (seed, i) only.
         shard_size: at most this many rows per output file.
         batch_size: decoder batch size.
-        num_actors: Ray actors decoding in parallel (None: one per GPU, or per CPU without GPUs).
+        num_actors: Ray actors decoding in parallel (None: one per GPU, or one per `cpus_per_actor`
+            CPUs without GPUs).
+        cpus_per_actor: CPUs each actor reserves and torch threads it uses (the output does not
+            depend on it for a given thread count: keep it fixed across runs for byte-identical files).
         output: dataset directory (local path or fsspec URL); None: `<output_dir>/synthetic`.
         if_exists: what to do when a committed dataset is already there: "error", "overwrite",
             or "new_version" (write to the next `vN` subdirectory).
@@ -139,6 +173,7 @@ class GenerateConfig:
     shard_size: int = 10_000
     batch_size: int = 1024
     num_actors: int | None = None
+    cpus_per_actor: int = 1
     output: str | None = None
     if_exists: Literal["error", "overwrite", "new_version"] = "error"
     png_compression: int = 1
@@ -159,6 +194,7 @@ class GenerateConfig:
             (self.shard_size >= 1, "shard_size", "must be >= 1"),
             (self.batch_size >= 1, "batch_size", "must be >= 1"),
             (self.num_actors is None or self.num_actors >= 1, "num_actors", "must be >= 1 or null"),
+            (self.cpus_per_actor >= 1, "cpus_per_actor", "must be >= 1"),
             (self.variant_limit is None or self.variant_limit >= 1, "variant_limit", "must be >= 1"),
             (0 <= self.png_compression <= 9, "png_compression", "must be in 0..9"),
         ]
@@ -182,6 +218,7 @@ class PipelineConfig:
         train: training settings.
         generate: sampling settings.
         ray: how to reach Ray.
+        flow: Prefect orchestration (caching, retries, result storage).
         conditional: train a class-conditional VAE on the data's labels (sets `model.num_classes`).
         output_dir: where the model (`model/`), reports and, by default, the dataset go.
     """
@@ -191,6 +228,7 @@ class PipelineConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    flow: FlowConfig = field(default_factory=FlowConfig)
     conditional: bool = True
     output_dir: str = "./outputs/digits"
 
@@ -355,12 +393,17 @@ def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> PipelineConfig:
-    """Defaults, then the YAML file at `path`, then dotted overrides.
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    settings: dict[str, Any] | None = None,
+) -> PipelineConfig:
+    """Defaults, then the YAML file at `path`, then `settings`, then dotted overrides.
 
     Args:
         path: a YAML file with any subset of the `PipelineConfig` keys, or None.
         overrides: "a.b=value" strings (YAML values), applied last.
+        settings: nested sections as in the YAML file (e.g. a Prefect flow's parameter).
 
     Returns:
         The validated `PipelineConfig`.
@@ -380,6 +423,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file '{path}' must hold a mapping of sections (data:, model:, ...)")
         tree = loaded
+    if settings:
+        if not isinstance(settings, dict):
+            raise ConfigError(f"config settings must be a mapping of sections, got {type(settings).__name__}")
+        tree = _merge(tree, settings)
     tree = _merge(tree, parse_overrides(overrides or []))
     return build(PipelineConfig, tree)
 

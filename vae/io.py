@@ -104,15 +104,22 @@ def read_model_config(path: str, storage_options: dict | None = None) -> dict[st
         )
     try:
         data = json.loads(fs.cat_file(cfg_path))
+        version = data.get("format_version") if isinstance(data, dict) else None
+        if version is not None and version != FORMAT_VERSION:
+            raise ModelFileError(
+                f"model '{path}' has format_version {version}, this version reads "
+                f"{FORMAT_VERSION}: re-export it with a matching vaeaug"
+            )
         VAEConfig.from_dict(data["model"])
+        if not isinstance(data["weights_sha256"], str):
+            raise TypeError(f"weights_sha256 must be a hex string, got {data['weights_sha256']!r}")
     except (json.JSONDecodeError, KeyError, TypeError, ConfigError) as exc:
         raise ModelFileError(
             f"corrupt model config '{_join(path, CONFIG_FILE)}': {exc}; re-save the model"
         ) from None
     if data.get("format_version") != FORMAT_VERSION:
         raise ModelFileError(
-            f"model '{path}' has format_version {data.get('format_version')}, this version reads "
-            f"{FORMAT_VERSION}: re-export it with a matching vaeaug"
+            f"corrupt model config '{_join(path, CONFIG_FILE)}': no format_version; re-save the model"
         )
     return data
 

@@ -57,8 +57,10 @@ def _conv_out(size: int) -> int:
 
 
 def _groups(channels: int) -> int:
+    # GroupNorm groups with >= 8 channels each: a group of one channel on a 1x1 map would normalize
+    # a single value to a constant and cut the encoder off from its input.
     for g in (8, 4, 2):
-        if channels % g == 0:
+        if channels % g == 0 and channels // g >= 8:
             return g
     return 1
 

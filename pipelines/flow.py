@@ -1,0 +1,225 @@
+"""The augmentation pipeline as a Prefect flow: data -> train -> evaluate -> generate -> validate.
+
+The flow only orchestrates: each stage is a small task that calls a plain function of
+`pipelines.stages`. Training is cached across runs on (data fingerprint, training config), so a
+re-run with the same data and training settings reuses the model and only re-samples.
+"""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+from typing import Any
+
+import fsspec
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import INPUTS, TASK_SOURCE
+
+from pipelines import stages
+from pipelines.config import PipelineConfig, config_from_dict, load_config
+from pipelines.data.imageset import ImageSet
+
+FLOW_NAME = "vae-augmentation"
+
+# Training's cache key: its own source and inputs, except the in-memory data (identified by its
+# fingerprint instead) and how Ray is reached (it does not change the model).
+TRAIN_CACHE_POLICY = (INPUTS - "data" - "ray_settings") + TASK_SOURCE
+
+
+def _backoff(first: float, retries: int) -> list[float]:
+    return [first * 2**i for i in range(retries)]
+
+
+@task(name="load-data", persist_result=False)
+def load_data_task(cfg: PipelineConfig) -> ImageSet:
+    """Load and validate the seed images (kept in memory for the next stages, never persisted)."""
+    data = stages.load_data(cfg)
+    get_run_logger().info(
+        "data: %s, %d images of %s, %d classes, fingerprint %s",
+        cfg.data.source,
+        len(data),
+        "x".join(map(str, data.image_shape)),
+        data.num_classes,
+        data.fingerprint()[:12],
+    )
+    return data
+
+
+@task(name="train", cache_policy=TRAIN_CACHE_POLICY, cache_result_in_memory=False)
+def train_task(
+    train_settings: dict[str, Any], data_fingerprint: str, data: ImageSet, ray_settings: dict[str, Any]
+) -> dict[str, Any]:
+    """Train on Ray (or locally) and export; the small summary returned is what the cache stores."""
+    cfg = config_from_dict({**train_settings, "ray": ray_settings})
+    result = stages.train_stage(cfg, data)
+    return {
+        "model_dir": result.model_dir,
+        "sha256": result.sha256,
+        "history": result.history,
+        "grid_path": result.grid_path,
+        "data_fingerprint": data_fingerprint,
+    }
+
+
+@task(name="evaluate", persist_result=False)
+def evaluate_task(cfg: PipelineConfig, data: ImageSet, model_dir: str) -> dict[str, float]:
+    """Held-out quality figures of the trained model."""
+    return stages.evaluate_stage(cfg, data, model_dir)
+
+
+@task(name="generate", persist_result=False)
+def generate_task(cfg: PipelineConfig, data: ImageSet, model_dir: str) -> dict[str, Any]:
+    """Fan the sampling out over Ray and commit the Parquet dataset."""
+    return stages.generate_stage(cfg, data, model_dir)
+
+
+@task(name="validate-dataset", persist_result=False)
+def validate_task(dataset_dir: str, expected_rows: int) -> dict[str, Any]:
+    """Re-open the committed dataset through the reader and check its row count."""
+    return stages.validate_stage(dataset_dir, expected_rows)
+
+
+def _training_inputs(cfg: PipelineConfig) -> dict[str, Any]:
+    """The parts of the config that determine the trained model (the cache key's inputs)."""
+    full = cfg.to_dict()
+    return {k: full[k] for k in ("data", "model", "train", "conditional", "output_dir")}
+
+
+def _model_still_there(summary: dict[str, Any]) -> bool:
+    from vae.io import ModelFileError, model_checksum
+
+    try:
+        return model_checksum(summary["model_dir"]) == summary["sha256"]
+    except (ModelFileError, OSError):
+        return False
+
+
+def _result_storage(cfg: PipelineConfig) -> Any:
+    if cfg.flow.result_storage is None:
+        return None
+    from prefect.filesystems import LocalFileSystem, RemoteFileSystem
+
+    url = cfg.flow.result_storage
+    if "://" in url and not url.startswith("file://"):
+        return RemoteFileSystem(basepath=url)
+    return LocalFileSystem(basepath=str(Path(url.removeprefix("file://")).resolve()))
+
+
+@flow(name=FLOW_NAME, log_prints=True)
+def augmentation_flow(
+    config: dict[str, Any] | None = None,
+    config_path: str | None = None,
+    overrides: list[str] | None = None,
+) -> dict[str, Any]:
+    """Train a VAE on the configured images and commit a synthetic Parquet dataset.
+
+    Args:
+        config: pipeline settings as nested sections (data, model, train, generate, ray, flow, ...);
+            unknown keys are errors.
+        config_path: a YAML file with the same sections (applied before `config`).
+        overrides: dotted "key=value" overrides applied last.
+
+    Returns:
+        Summary: model dir and checksum, whether training came from the cache, quality figures,
+        the dataset location, rows and per-class counts.
+    """
+    cfg = load_config(config_path, overrides, settings=config)  # strict: fails before any Ray work
+    stages.save_merged_config(cfg)
+    retry = {
+        "retries": cfg.flow.retries,
+        "retry_delay_seconds": _backoff(cfg.flow.retry_delay_seconds, cfg.flow.retries),
+    }
+    storage = _result_storage(cfg)
+    data = load_data_task.with_options(**retry)(cfg)
+
+    train_opts: dict[str, Any] = dict(retry)
+    if storage is not None:
+        train_opts["result_storage"] = storage
+    if not cfg.flow.cache_training:
+        train_opts["refresh_cache"] = True
+    args = (_training_inputs(cfg), data.fingerprint(), data, cfg.to_dict()["ray"])
+    state = train_task.with_options(**train_opts)(*args, return_state=True)
+    trained = state.result()
+    cached = state.name == "Cached"
+    if cached and not _model_still_there(trained):
+        print(f"cached model at {trained['model_dir']} is gone or changed: retraining")
+        trained = train_task.with_options(**{**train_opts, "refresh_cache": True})(*args)
+        cached = False
+    print(("reused the cached model " if cached else "trained ") + trained["model_dir"])
+
+    quality = evaluate_task(cfg, data, trained["model_dir"])
+    generated = generate_task.with_options(**retry)(cfg, data, trained["model_dir"])
+    checked = validate_task(generated["dataset_dir"], generated["rows"])
+
+    summary = {
+        "model_dir": trained["model_dir"],
+        "model_sha256": trained["sha256"],
+        "training_cached": cached,
+        "final_epoch": trained["history"][-1] if trained["history"] else {},
+        "quality": quality,
+        **generated,
+        "validated": checked,
+    }
+    _publish_artifacts(cfg, summary, trained)
+    print(stages.how_to_load(generated["dataset_dir"]))
+    return summary
+
+
+# ------------------------------------------------------------------------------------ artifacts
+def _grid_markdown(grid_path: str) -> str:
+    try:
+        with fsspec.open(grid_path, "rb") as f:
+            png = f.read()
+    except OSError:
+        return f"(sample grid not readable at `{grid_path}`)"
+    return f"![samples and reconstructions](data:image/png;base64,{base64.b64encode(png).decode()})"
+
+
+def _publish_artifacts(cfg: PipelineConfig, summary: dict[str, Any], trained: dict[str, Any]) -> None:
+    history = trained["history"]
+    rows = "\n".join(
+        f"| {int(r['epoch'])} | {r['train_loss']:.3f} | {r.get('val_loss', float('nan')):.3f} "
+        f"| {r['train_recon']:.3f} | {r['train_kl']:.3f} | {r['samples_per_s']:.0f} |"
+        for r in history
+    )
+    quality = summary["quality"]
+    quality_rows = "\n".join(
+        f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in quality.items()
+    )
+    report = f"""# VAE augmentation run
+
+**Dataset**: `{summary["dataset_dir"]}`: {summary["rows"]} rows in {len(summary.get("files", []))} files
+(committed).
+**Model**: `{summary["model_dir"]}` (sha256 `{summary["model_sha256"][:12]}`,
+{"reused from the training cache" if summary["training_cached"] else "trained in this run"}).
+**Data**: `{cfg.data.source}` ({trained["data_fingerprint"][:12]}).
+
+## Quality (held-out)
+| figure | value |
+| --- | --- |
+{quality_rows}
+
+## Training
+| epoch | train loss | held-out loss | recon | KL | samples/s |
+| --- | --- | --- | --- | --- | --- |
+{rows}
+
+## Samples and reconstructions
+{_grid_markdown(trained["grid_path"])}
+
+## Load it
+```python
+{stages.how_to_load(summary["dataset_dir"])}
+```
+"""
+    create_markdown_artifact(key="augmentation-report", markdown=report, description="VAE augmentation run")
+    counts = summary.get("per_class", {})
+    create_table_artifact(
+        key="class-counts",
+        table=[{"class": str(k), "rows": int(v)} for k, v in counts.items()],
+        description="synthetic rows per class",
+    )
+
+
+__all__ = ["FLOW_NAME", "augmentation_flow"]
