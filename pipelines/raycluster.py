@@ -26,7 +26,7 @@ class ClusterInfo:
     num_nodes: int
 
 
-def _check_reachable(address: str) -> None:
+def check_reachable(address: str) -> None:
     """Fail fast (seconds, not minutes) when nothing listens at a host:port address."""
     if address == "auto":
         return
@@ -66,7 +66,7 @@ def ensure_ray(cfg: RayConfig | None = None) -> ClusterInfo:
     if not ray.is_initialized():
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         if address:
-            _check_reachable(address)
+            check_reachable(address)
             try:
                 ray.init(address=address, log_to_driver=True, configure_logging=False)
             except (ConnectionError, RuntimeError) as exc:
@@ -75,7 +75,9 @@ def ensure_ray(cfg: RayConfig | None = None) -> ClusterInfo:
                     "check ray.address / RAY_ADDRESS"
                 ) from None
         else:
-            ray.init(num_cpus=cfg.num_cpus, include_dashboard=False, configure_logging=False)
+            # The dashboard serves Ray's state API, which Ray Train V2 polls to clean up after its
+            # controller; without it the run logs a warning every second.
+            ray.init(num_cpus=cfg.num_cpus, include_dashboard=None, configure_logging=False)
     resources = ray.cluster_resources()
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     return ClusterInfo(

@@ -92,3 +92,23 @@ def export_trained_model(
         grid_path=cfg.model_dir.rstrip("/") + "/" + GRID_FILE,
         resumed_from_epoch=resumed_from_epoch,
     )
+
+
+def read_train_result(model_dir: str) -> TrainResult:
+    """The `TrainResult` of a model exported earlier (e.g. by a Ray Job on a remote cluster).
+
+    Args:
+        model_dir: the exported model directory (local or fsspec URL).
+
+    Returns:
+        Its location, checksum and metrics history.
+    """
+    from vae.io import model_checksum
+
+    sha = model_checksum(model_dir)
+    fs, root = fsspec.core.url_to_fs(model_dir)
+    metrics = f"{root.rstrip('/')}/{METRICS_FILE}"
+    history = json.loads(fs.cat_file(metrics)) if fs.exists(metrics) else []
+    return TrainResult(
+        model_dir=model_dir, sha256=sha, history=history, grid_path=model_dir.rstrip("/") + "/" + GRID_FILE
+    )

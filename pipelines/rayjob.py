@@ -1,0 +1,103 @@
+"""Running a stage as a Ray Job on a remote cluster (KubeRay), and following it to the end.
+
+The merged config travels in the job's `working_dir`; the cluster's image must have vaeaug installed
+(deploy/Dockerfile). Credentials are not sent: the cluster gets them from its own environment
+(Kubernetes Secrets), so secret-looking storage options are dropped from the shipped config.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import urlparse
+
+import yaml
+
+from pipelines.config import PipelineConfig
+from pipelines.errors import PipelineError
+from pipelines.raycluster import check_reachable
+
+TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+
+
+def _dashboard_address(cfg: PipelineConfig) -> str:
+    import os
+
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    if not address or urlparse(address).scheme not in ("http", "https"):
+        raise PipelineError(
+            f"ray.submit_job=true needs the cluster's job server as ray.address (http://HEAD:8265), "
+            f"got {address!r}: set ray.address=http://<head-service>:8265"
+        )
+    return address
+
+
+def _job_config(cfg: PipelineConfig) -> dict:
+    shipped = cfg.to_dict(redact=True)
+    for section in ("data", "generate"):
+        opts = shipped[section]["storage_options"]
+        shipped[section]["storage_options"] = {k: v for k, v in opts.items() if v != "<redacted>"}
+    shipped["ray"] = {**shipped["ray"], "submit_job": False, "address": None}  # the job's RAY_ADDRESS
+    return shipped
+
+
+def run_as_ray_job(
+    cfg: PipelineConfig,
+    command: str,
+    poll_s: float = 2.0,
+    timeout_s: float | None = None,
+    echo: Callable[[str], None] = print,
+) -> str:
+    """Submit `vaeaug <command>` with `cfg` as a Ray Job, stream its logs, and wait for the end.
+
+    Args:
+        cfg: the pipeline config; `ray.address` is the job server (http://host:8265).
+        command: the CLI command to run on the cluster ("train" or "generate").
+        poll_s: seconds between status polls.
+        timeout_s: stop the job and fail after this long (None: wait indefinitely).
+        echo: where the job's log lines go.
+
+    Returns:
+        The job's submission id.
+
+    Raises:
+        PipelineError: the job server is unreachable, or the job failed, was stopped or timed out.
+    """
+    from ray.job_submission import JobSubmissionClient
+
+    address = _dashboard_address(cfg)
+    check_reachable(address)
+    client = JobSubmissionClient(address)
+    with tempfile.TemporaryDirectory(prefix="vaeaug-job-") as workdir:
+        Path(workdir, "config.yaml").write_text(yaml.safe_dump(_job_config(cfg), sort_keys=False))
+        job_id = client.submit_job(
+            entrypoint=f"vaeaug {command} --config config.yaml",
+            runtime_env={"working_dir": workdir},
+            submission_id=f"vaeaug-{command}-{uuid.uuid4().hex[:8]}",
+            metadata={"vaeaug_command": command},
+        )
+    echo(f"submitted Ray job {job_id} to {address}")
+    shown = 0
+    started = time.monotonic()
+    while True:
+        status = str(client.get_job_status(job_id).value)
+        logs = client.get_job_logs(job_id)
+        for line in logs[shown:].splitlines():
+            echo(line)
+        shown = len(logs)
+        if status in TERMINAL:
+            break
+        if timeout_s is not None and time.monotonic() - started > timeout_s:
+            client.stop_job(job_id)
+            raise PipelineError(f"Ray job {job_id} timed out after {timeout_s:.0f} s and was stopped")
+        time.sleep(poll_s)
+    if status != "SUCCEEDED":
+        last = next((ln for ln in reversed(logs.splitlines()) if ln.strip()), "(no output)")
+        raise PipelineError(
+            f"Ray job {job_id} {status.lower()}: {last.strip()[:300]} "
+            f"(full log: ray job logs {job_id} --address {address})"
+        )
+    return job_id
