@@ -34,24 +34,119 @@ def _config(args: argparse.Namespace) -> PipelineConfig:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """Train the VAE and export it (model, metrics, loss curve, sample grid) to `<output_dir>/model`."""
-    from pipelines.stages import train_stage
+    """Train the VAE on Ray Train (or locally with train.backend=local) and export it to
+    <output_dir>/model with its metrics, loss curve and sample grid."""
+    from pipelines.stages import save_merged_config, train_stage
 
     cfg = _config(args)
+    save_merged_config(cfg)
     result = train_stage(cfg)
     print(f"model: {result.model_dir}  (sha256 {result.sha256[:12]})")
     print(f"sample grid: {result.grid_path}")
     return 0
 
 
+def cmd_generate(args: argparse.Namespace) -> int:
+    """Sample a synthetic dataset from a trained model on Ray and commit it as Parquet."""
+    from pipelines.stages import generate_stage, how_to_load, save_merged_config
+
+    cfg = _config(args)
+    save_merged_config(cfg)
+    out = generate_stage(cfg, model_dir=args.model)
+    _print_dataset(out)
+    print(how_to_load(out["dataset_dir"]))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Print held-out quality figures of a trained model on its data's validation split."""
+    from pipelines.stages import evaluate_stage
+
+    cfg = _config(args)
+    report = evaluate_stage(cfg, model_dir=args.model)
+    width = max(map(len, report))
+    for key, value in report.items():
+        print(f"{key:<{width}}  {value:.4g}" if isinstance(value, float) else f"{key:<{width}}  {value}")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    """Print a committed dataset's manifest summary, per-class counts, schema and quality figures."""
+    from pipelines.describe import describe_dataset
+
+    print(describe_dataset(args.dataset))
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    """The main job on the configured data (default: scikit-learn digits)."""
-    return cmd_train(args)
+    """The whole pipeline as a Prefect flow: load data -> train (Ray Train) -> evaluate ->
+    generate (Ray) -> validate and commit the dataset."""
+    from pipelines.flow import augmentation_flow
+    from pipelines.stages import how_to_load
+
+    _config(args)  # validate before starting Prefect or Ray
+    summary = augmentation_flow(config_path=args.config, overrides=list(args.overrides))
+    print()
+    print(
+        f"model:   {summary['model_dir']}"
+        + ("  (from the training cache)" if summary["training_cached"] else "")
+    )
+    _print_dataset(summary)
+    print(how_to_load(summary["dataset_dir"]))
+    return 0
 
 
-COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
-    "run": (cmd_run, "run the whole job: train the VAE, write the model and a sample grid"),
-    "train": (cmd_train, "train the VAE and export it"),
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve the pipeline flow on a cron or interval schedule (runs until interrupted)."""
+    from pipelines.schedule import build_deployment, deployment_parameters, serve
+
+    params = deployment_parameters(args.config, list(args.overrides))
+    deployment = build_deployment(
+        args.name, cron=args.cron, interval_s=args.interval, timezone=args.timezone, parameters=params
+    )
+    serve(deployment)
+    return 0
+
+
+def _print_dataset(out: dict) -> None:
+    print(f"dataset: {out['dataset_dir']}  ({out['rows']} rows in {len(out['files'])} files, committed)")
+    if out.get("per_class"):
+        print("per class: " + ", ".join(f"{k}={v}" for k, v in out["per_class"].items()))
+
+
+def _add_model_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", metavar="DIR", help="model directory (default: <output_dir>/model)")
+
+
+def _add_inspect_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("dataset", help="committed dataset directory (local path or fsspec URL)")
+
+
+def _add_serve_args(p: argparse.ArgumentParser) -> None:
+    _add_config_args(p)
+    p.add_argument("--name", default="scheduled", help="deployment name (default: scheduled)")
+    when = p.add_mutually_exclusive_group(required=True)
+    when.add_argument("--cron", help="cron schedule, e.g. '0 3 * * *'")
+    when.add_argument("--interval", type=float, metavar="SECONDS", help="run every N seconds")
+    p.add_argument("--timezone", default="UTC", help="time zone of the cron (default: UTC)")
+
+
+def _with_config(extra: Callable[[argparse.ArgumentParser], None] | None = None):
+    def add(p: argparse.ArgumentParser) -> None:
+        _add_config_args(p)
+        if extra is not None:
+            extra(p)
+
+    return add
+
+
+COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], Callable, str]] = {
+    "run": (cmd_run, _with_config(), "run the whole pipeline (train, evaluate, generate, commit) as a flow"),
+    "train": (cmd_train, _with_config(), "train the VAE on Ray Train and export it"),
+    "generate": (cmd_generate, _with_config(_add_model_arg), "sample and commit a synthetic dataset"),
+    "evaluate": (cmd_evaluate, _with_config(_add_model_arg), "held-out quality of a trained model"),
+    "inspect": (cmd_inspect, _add_inspect_args, "describe a committed synthetic dataset"),
+    "serve": (cmd_serve, _add_serve_args, "serve the pipeline flow on a cron/interval schedule"),
 }
 
 
@@ -63,9 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (func, help_text) in COMMANDS.items():
+    for name, (func, add_args, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=func.__doc__)
-        _add_config_args(p)
+        add_args(p)
         p.set_defaults(func=func)
     return parser
 

@@ -14,7 +14,7 @@ from typing import Any
 import fsspec
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.cache_policies import INPUTS, TASK_SOURCE
+from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
 
 from pipelines import stages
 from pipelines.config import PipelineConfig, config_from_dict, load_config
@@ -31,7 +31,7 @@ def _backoff(first: float, retries: int) -> list[float]:
     return [first * 2**i for i in range(retries)]
 
 
-@task(name="load-data", persist_result=False)
+@task(name="load-data", persist_result=False, cache_policy=NO_CACHE)
 def load_data_task(cfg: PipelineConfig) -> ImageSet:
     """Load and validate the seed images (kept in memory for the next stages, never persisted)."""
     data = stages.load_data(cfg)
@@ -62,22 +62,22 @@ def train_task(
     }
 
 
-@task(name="evaluate", persist_result=False)
+@task(name="evaluate", persist_result=False, cache_policy=NO_CACHE)
 def evaluate_task(cfg: PipelineConfig, data: ImageSet, model_dir: str) -> dict[str, float]:
     """Held-out quality figures of the trained model."""
     return stages.evaluate_stage(cfg, data, model_dir)
 
 
-@task(name="generate", persist_result=False)
+@task(name="generate", persist_result=False, cache_policy=NO_CACHE)
 def generate_task(cfg: PipelineConfig, data: ImageSet, model_dir: str) -> dict[str, Any]:
     """Fan the sampling out over Ray and commit the Parquet dataset."""
     return stages.generate_stage(cfg, data, model_dir)
 
 
-@task(name="validate-dataset", persist_result=False)
-def validate_task(dataset_dir: str, expected_rows: int) -> dict[str, Any]:
+@task(name="validate-dataset", persist_result=False, cache_policy=NO_CACHE)
+def validate_task(dataset_dir: str, expected_rows: int, storage_options: dict[str, Any]) -> dict[str, Any]:
     """Re-open the committed dataset through the reader and check its row count."""
-    return stages.validate_stage(dataset_dir, expected_rows)
+    return stages.validate_stage(dataset_dir, expected_rows, storage_options)
 
 
 def _training_inputs(cfg: PipelineConfig) -> dict[str, Any]:
@@ -150,7 +150,7 @@ def augmentation_flow(
 
     quality = evaluate_task(cfg, data, trained["model_dir"])
     generated = generate_task.with_options(**retry)(cfg, data, trained["model_dir"])
-    checked = validate_task(generated["dataset_dir"], generated["rows"])
+    checked = validate_task(generated["dataset_dir"], generated["rows"], cfg.generate.storage_options)
 
     summary = {
         "model_dir": trained["model_dir"],

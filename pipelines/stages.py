@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import fsspec
 
 from pipelines.config import PipelineConfig, save_config
@@ -44,6 +46,12 @@ def train_stage(cfg: PipelineConfig, data: ImageSet | None = None, verbose: bool
     Returns:
         The export's `TrainResult`.
     """
+    if cfg.ray.submit_job:
+        from pipelines.rayjob import run_as_ray_job
+        from pipelines.training.export import read_train_result
+
+        run_as_ray_job(cfg, "train")
+        return read_train_result(cfg.model_dir)
     if data is None:
         data = load_data(cfg)
         if verbose:
@@ -65,3 +73,98 @@ def evaluate_stage(cfg: PipelineConfig, data: ImageSet | None = None, model_dir:
     if data is None:
         data = load_data(cfg)
     return evaluate_saved_model(cfg, data, model_dir).to_dict()
+
+
+def generate_stage(
+    cfg: PipelineConfig, data: ImageSet | None = None, model_dir: str | None = None, progress: bool = True
+) -> dict[str, Any]:
+    """Sample the synthetic dataset on Ray and commit it (see `pipelines.generate.generate`).
+
+    Args:
+        cfg: the pipeline config (`generate` section; `data` for variants and interpolations).
+        data: the real images, if already loaded.
+        model_dir: the trained model (default `cfg.model_dir`).
+        progress: show a progress bar.
+
+    Returns:
+        dataset_dir, rows, files, per_class, per_method, manifest_path, rows_per_s.
+    """
+    if cfg.ray.submit_job:
+        from pipelines.rayjob import run_as_ray_job
+        from pipelines.readers import open_dataset
+
+        run_as_ray_job(cfg, "generate")
+        manifest = open_dataset(cfg.dataset_dir, cfg.generate.storage_options)
+        return _dataset_summary(manifest)
+    from pipelines.generate import generate
+
+    result = generate(cfg, model_dir=model_dir, data=data, progress=progress)
+    return {
+        "dataset_dir": result.dataset_dir,
+        "rows": result.rows,
+        "files": result.files,
+        "per_class": result.per_class,
+        "per_method": result.per_method,
+        "manifest_path": result.manifest_path,
+        "rows_per_s": result.rows_per_s,
+    }
+
+
+def _dataset_summary(manifest: Any) -> dict[str, Any]:
+    data = manifest.data
+    return {
+        "dataset_dir": manifest.url,
+        "rows": manifest.rows,
+        "files": manifest.files,
+        "per_class": dict(data.get("per_class") or {}),
+        "per_method": dict(data.get("per_method") or {}),
+        "manifest_path": manifest.url.rstrip("/") + "/manifest.json",
+    }
+
+
+def validate_stage(
+    dataset_dir: str, expected_rows: int, storage_options: dict | None = None
+) -> dict[str, Any]:
+    """Re-open a committed dataset with the readers and check its rows against the job's count.
+
+    Args:
+        dataset_dir: the committed dataset.
+        expected_rows: rows the job reported.
+        storage_options: fsspec options.
+
+    Returns:
+        rows (from the manifest and from the Parquet footers), files, and the schema's column names.
+
+    Raises:
+        PipelineError: the dataset is not committed or its row counts disagree.
+    """
+    import pyarrow.parquet as pq
+
+    from pipelines.errors import PipelineError
+    from pipelines.readers import open_dataset
+
+    manifest = open_dataset(dataset_dir, storage_options)
+    fs, _ = manifest.filesystem()
+    footer_rows = 0
+    columns: list[str] = []
+    for url in manifest.files:
+        _, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+        with fs.open(path, "rb") as f:
+            meta = pq.ParquetFile(f).metadata
+            footer_rows += meta.num_rows
+            columns = meta.schema.to_arrow_schema().names
+    if not (manifest.rows == footer_rows == expected_rows):
+        raise PipelineError(
+            f"dataset {dataset_dir} is inconsistent: manifest {manifest.rows} rows, files {footer_rows}, "
+            f"job {expected_rows}: regenerate it with generate.if_exists=overwrite"
+        )
+    return {"rows": footer_rows, "files": len(manifest.files), "columns": columns}
+
+
+def how_to_load(dataset_dir: str) -> str:
+    """A snippet that loads the committed dataset downstream."""
+    return (
+        f"from pipelines.readers import SyntheticDataset  # PyTorch, streams from any fsspec URL\n"
+        f"ds = SyntheticDataset({dataset_dir!r})\n"
+        f"# or: datasets.load_dataset('parquet', data_files={dataset_dir.rstrip('/')!r} + '/data/*.parquet')"
+    )
