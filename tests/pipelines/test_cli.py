@@ -11,9 +11,16 @@ from PIL import Image
 from pipelines.cli import main
 
 
-def test_run_trains_and_writes_model_and_grid(tmp_path, capsys):
+def test_train_locally_writes_model_grid_and_config(tmp_path, capsys):
     out = tmp_path / "job"
-    code = main(["run", f"output_dir={out}", "train.epochs=3", "model.hidden_channels=[16,32]"])
+    args = [
+        "train",
+        f"output_dir={out}",
+        "train.epochs=3",
+        "model.hidden_channels=[16,32]",
+        "train.backend=local",
+    ]
+    code = main(args)
     assert code == 0
     printed = capsys.readouterr().out
     assert "epoch   3/3" in printed
@@ -40,11 +47,14 @@ def test_run_trains_and_writes_model_and_grid(tmp_path, capsys):
         ["run", "data.source=nope"],
         ["train", "train.epochs=many"],
         ["run", "--config", "/nonexistent/config.yaml"],
-        ["run", "data.source=folder", "data.path=/nonexistent/images"],
+        ["train", "data.source=folder", "data.path=/nonexistent/images", "train.backend=local"],
+        ["inspect", "/nonexistent/dataset"],
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args, capsys, tmp_path):
-    code = main([*args, f"output_dir={tmp_path / 'out'}"])
+    if args[0] != "inspect":
+        args = [*args, f"output_dir={tmp_path / 'out'}"]
+    code = main(args)
     assert code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("vaeaug ") and "error:" in err
@@ -58,4 +68,5 @@ def test_help_for_every_command(capsys):
         with pytest.raises(SystemExit) as info:
             main([name, "--help"])
         assert info.value.code == 0
-        assert "KEY=VALUE" in capsys.readouterr().out
+        text = capsys.readouterr().out
+        assert "KEY=VALUE" in text or "dataset" in text
