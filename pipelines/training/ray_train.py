@@ -1,0 +1,296 @@
+"""Distributed training on Ray Train (V2 `TorchTrainer`), with checkpoints on any storage and resume.
+
+Layout under `train.storage_path` (local path, s3:// or gs://), one folder per run name:
+
+    {storage_path}/{run_name}/checkpoint_*/        Ray Train checkpoints (see `checkpoint.py`), rank 0 only
+    {storage_path}/{run_name}/metrics.jsonl        one JSON line per epoch, every epoch exactly once
+    {storage_path}/{run_name}/run.json             what the run trains (its key), written at first start
+    {storage_path}/{run_name}/checkpoint_manager_snapshot.json   Ray's own record, used to resume
+
+Re-running with the same run name resumes from the run's last checkpoint. Without `train.run_name`
+the name is `vae-` + 12 hex digits of sha256 over the settings that decide what is trained
+(`run_key`): the data fingerprint, the resolved model config, and train.batch_size, lr,
+weight_decay, val_fraction and seed. Left out on purpose: `epochs` (so raising it continues a finished
+run), and how the run executes (num_workers, use_gpu, cpus_per_worker, mixed_precision, streaming,
+checkpointing and failure settings, storage_path).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from pipelines.config import PipelineConfig, TrainConfig
+from pipelines.data.imageset import ImageSet
+from pipelines.errors import PipelineError
+from pipelines.raycluster import ensure_ray
+from pipelines.training.checkpoint import load_checkpoint
+from pipelines.training.common import format_epoch, model_config_for
+from pipelines.training.export import TrainResult, export_trained_model
+from pipelines.training.preflight import (
+    check_storage,
+    claim_run,
+    derive_run_name,
+    node_resources,
+    resolve_cpus_per_worker,
+    resolve_storage,
+    resolve_use_gpu,
+    run_key,
+)
+from pipelines.training.worker import train_loop_per_worker
+
+log = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.jsonl"
+#: Ray Train V2's controller takes one `report` per poll (every 2 s by default) and `report` blocks on a
+#: queue of one, which would pace short epochs at 2 s each; poll faster unless the user set it.
+POLL_ENV, POLL_S = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2"
+
+
+@dataclass
+class DistributedTrainResult(TrainResult):
+    """`TrainResult` plus where the run lives and how it ran.
+
+    Attributes:
+        run_name: the Ray Train run name (re-use it to resume).
+        run_dir: `{storage_path}/{run_name}`, holding checkpoints and `metrics.jsonl`.
+        checkpoint: the path of the last checkpoint.
+        workers: per rank: rank, node_id, hostname, pid, device, threads.
+        backend: the torch.distributed backend ("gloo" or "nccl").
+        autocast: "torch.bfloat16" when mixed precision ran, else None.
+    """
+
+    run_name: str = ""
+    run_dir: str = ""
+    checkpoint: str = ""
+    workers: list[dict[str, Any]] = field(default_factory=list)
+    backend: str | None = None
+    autocast: str | None = None
+
+
+# ------------------------------------------------------------------------------------------- data
+def _stream(train: TrainConfig, data: ImageSet) -> bool:
+    if train.streaming == "auto":
+        return data.images.numel() * 4 / 1e6 > train.stream_above_mb
+    return train.streaming == "always"
+
+
+def _ray_dataset(part: ImageSet, blocks: int) -> Any:
+    """A Ray Dataset with columns image (C, H, W) float32 and label int64, in `blocks` blocks."""
+    import pyarrow as pa
+    import ray.data
+
+    try:
+        from ray.data._internal.tensor_extensions.arrow import ArrowTensorArray
+    except ImportError:  # older layout
+        from ray.air.util.tensor_extensions.arrow import ArrowTensorArray
+
+    images, labels = part.images.numpy(), part.labels.numpy()
+    tables = [
+        pa.table({"image": ArrowTensorArray.from_numpy(np.ascontiguousarray(i)), "label": pa.array(lab)})
+        for i, lab in zip(np.array_split(images, blocks), np.array_split(labels, blocks), strict=True)
+        if len(lab)
+    ]
+    return ray.data.from_arrow(tables)
+
+
+@contextmanager
+def _relay(queue: Any, handle: Callable[[dict[str, Any]], None]) -> Iterator[None]:
+    """Hand the messages rank 0 puts on `queue` to `handle`, from a thread, while training runs."""
+    from ray.util.queue import Empty
+
+    done = threading.Event()
+
+    def pump() -> None:
+        while True:
+            try:
+                message = queue.get(block=True, timeout=0.5)
+            except Empty:
+                if done.is_set():
+                    return
+                continue
+            except Exception:  # the queue actor is gone
+                return
+            try:
+                handle(message)
+            except Exception:
+                log.exception("on_epoch callback failed")
+
+    thread = threading.Thread(target=pump, name="epoch-relay", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join(timeout=30)
+
+
+# ----------------------------------------------------------------------------------------- driver
+def _uri(storage: str, path: str) -> str:
+    """A pyarrow (scheme-less) path under `storage` as a URL again."""
+    scheme = storage.split("://", 1)[0] if "://" in storage else ""
+    return f"{scheme}://{path}" if scheme and "://" not in path else path
+
+
+def train_distributed(
+    cfg: PipelineConfig,
+    data: ImageSet | None = None,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
+) -> DistributedTrainResult:
+    """Train `cfg.model` with Ray Train, checkpointing to `train.storage_path`, then export it.
+
+    Everything that can be checked is checked before any worker starts: the cluster address
+    (`ensure_ray`), workers vs the cluster's CPUs/GPUs, use_gpu, and that the storage is writable.
+
+    Args:
+        cfg: pipeline config (`train`: workers, epochs, storage, run name...; `ray`: where Ray is).
+        data: the images in the model's range; None loads `cfg.data`.
+        on_epoch: called with each epoch's metrics row as it finishes (from a helper thread);
+            None logs `format_epoch` lines at INFO.
+
+    Returns:
+        `DistributedTrainResult`: the exported model at `cfg.model_dir`, the whole history (restored
+        epochs included), `resumed_from_epoch`, the run name and where its checkpoints are.
+
+    Raises:
+        PipelineError: bad settings for this cluster, unreachable cluster, or a failed run.
+        StorageError: `train.storage_path` is not writable.
+    """
+    import ray
+    from ray.util.queue import Queue
+
+    t = cfg.train
+    if t.num_workers < 1:
+        raise PipelineError(f"train.num_workers={t.num_workers}: must be >= 1")
+    cluster = ensure_ray(cfg.ray)
+    use_gpu = resolve_use_gpu(t, cluster)
+    cpus = resolve_cpus_per_worker(t, use_gpu, node_resources())
+    storage = resolve_storage(t.storage_path)
+    if cluster.num_nodes > 1 and "://" not in storage:
+        log.warning("storage_path %s is local on a multi-node cluster: it must be shared", storage)
+    if data is None:
+        from pipelines.data.sources import load_images
+
+        data = load_images(cfg.data, cfg.model)
+    model_cfg = model_config_for(cfg, data)
+    fingerprint = data.fingerprint()
+    key = run_key(cfg, model_cfg, fingerprint)
+    run_name = t.run_name or derive_run_name(key)
+    check_storage(storage, run_name)
+    claim_run(storage, run_name, key)
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(t, run_name=run_name))  # recorded as run
+
+    train_set, val_set = data.split(t.val_fraction, seed=t.seed)
+    queue = Queue(actor_options={"num_cpus": 0})
+    loop_config = {
+        "pipeline": cfg.to_dict(),
+        "model": model_cfg.to_dict(),
+        "data": None,
+        "has_val": len(val_set) > 0,
+        "metrics_uri": f"{storage}/{run_name}/{METRICS_FILE}",
+        "queue": queue,
+        "threads": cpus,
+    }
+    datasets = None
+    if _stream(t, data):
+        blocks = max(4 * t.num_workers, math.ceil(train_set.images.numel() * 4 / 64e6))
+        datasets = {"train": _ray_dataset(train_set, blocks)}
+        if len(val_set):
+            datasets["val"] = _ray_dataset(val_set, t.num_workers)
+    else:  # once in the object store, shared by the workers of each node
+        parts = {"train": train_set, "val": val_set}
+        loop_config["data"] = ray.put({k: (v.images.numpy(), v.labels.numpy()) for k, v in parts.items()})
+    trainer = _trainer(t, run_name, storage, use_gpu, cpus, loop_config, datasets)
+    log.info(
+        "training run %s: %d worker(s) x %d CPU%s, %s data, storage %s",
+        *(run_name, t.num_workers, cpus, " + 1 GPU" if use_gpu else ""),
+        *("streamed" if datasets else "in-memory", storage),
+    )
+    show = on_epoch or (lambda row: log.info(format_epoch(row, t.epochs)))
+    starts: list[int] = []  # the epoch each (re)start of the workers resumed from
+
+    def handle(message: dict[str, Any]) -> None:
+        if message.get("event") != "start":
+            show(message)
+            return
+        starts.append(int(message["epoch"]))
+        if message["epoch"]:
+            log.info("run %s resumes after epoch %d", run_name, message["epoch"])
+
+    try:
+        with _relay(queue, handle):
+            result = trainer.fit()
+    except ray.train.TrainingFailedError as exc:
+        cause = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise PipelineError(
+            f"training run '{run_name}' failed ({cause}); re-run with the same config (or "
+            f"train.run_name={run_name}) to resume from its last checkpoint"
+        ) from exc
+    finally:
+        ray.kill(queue.actor)
+
+    if result.checkpoint is None:
+        raise PipelineError(f"training run '{run_name}' finished without a checkpoint in '{storage}'")
+    with result.checkpoint.as_directory() as directory:
+        state = load_checkpoint(directory, with_optimizer=False)
+    if state.epoch > t.epochs:
+        log.warning("run %s had trained %d epochs (> train.epochs=%d)", run_name, state.epoch, t.epochs)
+    info = result.return_value or {}
+    exported = export_trained_model(
+        state.model,
+        cfg,
+        data.class_names,
+        fingerprint,
+        state.history,
+        val_set if len(val_set) else train_set,
+        resumed_from_epoch=starts[0] if starts else int(info.get("resumed_from_epoch", 0)),
+    )
+    return DistributedTrainResult(
+        **vars(exported),
+        run_name=run_name,
+        run_dir=f"{storage}/{run_name}",
+        checkpoint=_uri(storage, result.checkpoint.path),
+        workers=list(info.get("workers", [])),
+        backend=info.get("backend"),
+        autocast=info.get("autocast"),
+    )
+
+
+def _trainer(
+    t: TrainConfig,
+    run_name: str,
+    storage: str,
+    use_gpu: bool,
+    cpus: int,
+    loop_config: dict[str, Any],
+    datasets: dict[str, Any] | None,
+) -> Any:
+    """The `TorchTrainer` of a run (gloo on CPU, NCCL on GPU)."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    os.environ.setdefault(POLL_ENV, POLL_S)  # read by the controller when it starts
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        scaling_config=ScalingConfig(
+            num_workers=t.num_workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus}
+        ),
+        run_config=RunConfig(
+            name=run_name,
+            storage_path=storage,
+            failure_config=FailureConfig(max_failures=t.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=t.keep_checkpoints),
+        ),
+        datasets=datasets,
+    )
