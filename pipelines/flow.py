@@ -59,6 +59,7 @@ def train_task(
         "history": result.history,
         "grid_path": result.grid_path,
         "data_fingerprint": data_fingerprint,
+        "worker_nodes": [w.get("node_id") for w in getattr(result, "workers", [])],
     }
 
 
@@ -96,14 +97,21 @@ def _model_still_there(summary: dict[str, Any]) -> bool:
 
 
 def _result_storage(cfg: PipelineConfig) -> Any:
+    """A saved storage block for `flow.result_storage` (Prefect needs blocks persisted server-side)."""
     if cfg.flow.result_storage is None:
         return None
+    import hashlib
+
     from prefect.filesystems import LocalFileSystem, RemoteFileSystem
 
     url = cfg.flow.result_storage
     if "://" in url and not url.startswith("file://"):
-        return RemoteFileSystem(basepath=url)
-    return LocalFileSystem(basepath=str(Path(url.removeprefix("file://")).resolve()))
+        block: Any = RemoteFileSystem(basepath=url)
+    else:
+        url = str(Path(url.removeprefix("file://")).resolve())
+        block = LocalFileSystem(basepath=url)
+    block.save(f"vaeaug-results-{hashlib.sha256(url.encode()).hexdigest()[:12]}", overwrite=True)
+    return block
 
 
 @flow(name=FLOW_NAME, log_prints=True)
@@ -156,6 +164,7 @@ def augmentation_flow(
         "model_dir": trained["model_dir"],
         "model_sha256": trained["sha256"],
         "training_cached": cached,
+        "training_worker_nodes": trained.get("worker_nodes", []),
         "final_epoch": trained["history"][-1] if trained["history"] else {},
         "quality": quality,
         **generated,
