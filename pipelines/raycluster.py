@@ -77,7 +77,7 @@ def ensure_ray(cfg: RayConfig | None = None) -> ClusterInfo:
         else:
             # The dashboard serves Ray's state API, which Ray Train V2 polls to clean up after its
             # controller; without it the run logs a warning every second.
-            ray.init(num_cpus=cfg.num_cpus, include_dashboard=None, configure_logging=False)
+            ray.init(address="local", num_cpus=cfg.num_cpus, include_dashboard=None, configure_logging=False)
     resources = ray.cluster_resources()
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     return ClusterInfo(

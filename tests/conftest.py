@@ -94,11 +94,13 @@ _AWS_ENV = (
 
 @pytest.fixture(scope="session")
 def ray_session(s3_env_for_ray) -> Iterator[None]:
-    """One local Ray for the session (2 CPUs, no dashboard)."""
+    """One new local Ray for the session (4 logical CPUs, no dashboard), never an outside cluster."""
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        ray.init(
+            address="local", num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False
+        )
     yield
     ray.shutdown()
 

@@ -1,0 +1,321 @@
+"""The sampling stage's driver: validate, plan, fan shards out to Ray actors, commit.
+
+The driver never holds rows: it keeps the plan (a few integers per shard), at most two shard specs
+in flight per actor, and the small stats each shard returns; memory stays flat however many rows
+are generated. A shard that fails is retried (on any actor; it rewrites the same bytes). Nothing is
+committed unless every shard was written and checked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import resource
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata
+from typing import TYPE_CHECKING, Any
+
+import fsspec
+import torch
+from tqdm.auto import tqdm
+
+from pipelines.config import PipelineConfig
+from pipelines.data.imageset import ImageSet
+from pipelines.errors import ModelError
+from pipelines.generate.actors import ShardWriter
+from pipelines.generate.card import dataset_card
+from pipelines.generate.commit import (
+    commit,
+    prepare_output,
+    redact_url,
+    resolve_output,
+    verify_files,
+)
+from pipelines.generate.fanout import run_local, run_on_ray
+from pipelines.generate.plan import JobPlan, make_plan, needs_real_data, source_images, validate_request
+from pipelines.generate.png import backend_version, default_backend
+from pipelines.generate.schema import arrow_schema, hf_features, row_group_rows
+from pipelines.generate.shard import JobSpec, ShardStats
+from vae.io import ModelFileError, load_model, read_model_config
+
+if TYPE_CHECKING:
+    pass
+
+log = logging.getLogger(__name__)
+
+FORMAT = "vaeaug.synthetic"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class GenerateResult:
+    """What a generation job wrote.
+
+    Args:
+        dataset_dir: the committed dataset directory (a `vN` subdirectory for "new_version").
+        rows: rows written.
+        files: the Parquet files, as URLs.
+        per_class: rows per class name (empty for an unconditional model).
+        per_method: rows per generation method.
+        manifest_path: URL of manifest.json.
+        seconds: wall time from the first shard to the commit (actor start-up excluded).
+        rows_per_s: rows / seconds.
+        startup_seconds: connecting to Ray and starting the actors (model loading included).
+        cpu_seconds: CPU time the writers spent on shards (all processes; a contention-free cost).
+        num_actors: writers used (0: in-process).
+        peak_rss_mb: "driver", "writers_max" and "writers_total" peak resident memory.
+    """
+
+    dataset_dir: str
+    rows: int
+    files: list[str]
+    per_class: dict[str, int]
+    per_method: dict[str, int]
+    manifest_path: str
+    seconds: float
+    rows_per_s: float
+    num_actors: int = 0
+    startup_seconds: float = 0.0
+    cpu_seconds: float = 0.0
+    peak_rss_mb: dict[str, float] = field(default_factory=dict)
+
+
+def _package_version() -> str:
+    try:
+        return metadata.version("vaeaug")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _model_storage_options(model_dir: str, cfg: PipelineConfig) -> dict[str, Any]:
+    """`generate.storage_options` when the model lives on the same kind of storage as the output."""
+    same = fsspec.utils.get_protocol(model_dir) == fsspec.utils.get_protocol(cfg.dataset_dir)
+    return dict(cfg.generate.storage_options) if same else {}
+
+
+def _load_model(model_dir: str, storage_options: dict[str, Any]) -> tuple[torch.nn.Module, dict[str, Any]]:
+    try:
+        meta = read_model_config(model_dir, storage_options)
+        model = load_model(model_dir, storage_options=storage_options)
+    except ModelFileError as exc:
+        raise ModelError(str(exc)) from None
+    except OSError as exc:
+        raise ModelError(f"cannot read the model at {redact_url(model_dir)!r}: {exc}") from None
+    return model, meta
+
+
+def _content_config(cfg: PipelineConfig) -> dict[str, Any]:
+    """The settings that decide the bytes of the files (not where or how parallel they are written)."""
+    g = cfg.generate
+    keys = (
+        "num_samples per_class variants_per_image variant_temperature variant_limit interpolations "
+        "interpolation_steps temperature seed shard_size batch_size png_compression"
+    ).split()
+    return {k: getattr(g, k) for k in keys}
+
+
+def _sanitized_config(cfg: PipelineConfig) -> dict[str, Any]:
+    """The whole config for the manifest, without credentials (storage options, URL user info)."""
+    tree = cfg.to_dict()
+
+    def clean(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: ("<redacted>" if k == "storage_options" and v else clean(v)) for k, v in node.items()}
+        if isinstance(node, str) and "://" in node:
+            return redact_url(node)
+        return node
+
+    return clean(tree)
+
+
+def _job_spec(cfg: PipelineConfig, model: Any, meta: dict[str, Any], plan: JobPlan, data: ImageSet | None):
+    """(JobSpec, provenance) of the job; the job id hashes everything that decides the content."""
+    fingerprint = data.fingerprint() if (data is not None and plan.needs_sources) else None
+    content = {
+        "model_sha256": meta["weights_sha256"],
+        "generate": _content_config(cfg),
+        "data_fingerprint": fingerprint,
+    }
+    png_backend = default_backend()
+    content["png_backend"] = png_backend
+    job_id = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:12]
+    provenance = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "job_id": job_id,
+        "model_sha256": meta["weights_sha256"],
+        "model_config": model.cfg.to_dict(),
+        "seed": cfg.generate.seed,
+        "generate": _content_config(cfg),
+        "data_fingerprint": fingerprint,
+        "class_names": plan.class_names,
+        "vaeaug_version": _package_version(),
+        "torch_version": torch.__version__.split("+")[0],
+        "png_deflate": backend_version(png_backend),
+    }
+    g = cfg.generate
+    schema = arrow_schema(model.cfg.latent_dim, plan.class_names, provenance)
+    job = JobSpec(
+        job_id=job_id,
+        seed=g.seed,
+        num_shards=len(plan.shards),
+        temperature=g.temperature,
+        variant_temperature=g.variant_temperature,
+        variants_per_image=g.variants_per_image,
+        interpolation_steps=g.interpolation_steps,
+        batch_size=g.batch_size,
+        png_compression=g.png_compression,
+        row_group_rows=row_group_rows(model.cfg.image_shape, model.cfg.latent_dim, g.shard_size),
+        schema=schema,
+        png_backend=png_backend,
+    )
+    return job, provenance
+
+
+def _progress(total: int, enabled: bool) -> tqdm:
+    return tqdm(
+        total=total,
+        unit="img",
+        unit_scale=total >= 10_000,
+        desc="generate",
+        disable=not enabled,
+        smoothing=0.3,
+    )
+
+
+def _manifest(
+    cfg: PipelineConfig,
+    plan: JobPlan,
+    job: JobSpec,
+    provenance: dict[str, Any],
+    stats: list[ShardStats],
+    model: Any,
+    model_dir: str,
+    created_at: str,
+) -> dict[str, Any]:
+    labels: Counter[int] = Counter()
+    methods: Counter[str] = Counter()
+    for s in stats:
+        labels.update(s.label_counts)
+        methods.update(s.method_counts)
+    per_class = (
+        {plan.class_names[k]: labels.get(k, 0) for k in range(plan.num_classes)} if plan.num_classes else {}
+    )
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "created_at": created_at,
+        "rows": sum(s.rows for s in stats),
+        "num_shards": len(stats),
+        "files": [
+            {"path": s.path, "rows": s.rows, "bytes": s.bytes, "sha256": s.sha256, "row_groups": s.row_groups}
+            for s in stats
+        ],
+        "per_class": per_class,
+        "per_method": {m: methods[m] for m in sorted(methods)},
+        "class_names": plan.class_names,
+        "conditional": plan.num_classes is not None,
+        "image_shape": list(model.cfg.image_shape),
+        "image_format": "png",
+        "latent_dim": model.cfg.latent_dim,
+        "row_group_rows": job.row_group_rows,
+        "features": hf_features(model.cfg.latent_dim, plan.class_names),
+        "arrow_schema": job.schema.remove_metadata().to_string(),
+        "provenance": {
+            **provenance,
+            "created_at": created_at,
+            "model_dir": redact_url(model_dir),
+            "config": _sanitized_config(cfg),
+        },
+    }
+
+
+def generate(
+    cfg: PipelineConfig,
+    model_dir: str | None = None,
+    data: ImageSet | None = None,
+    progress: bool = True,
+    use_ray: bool = True,
+) -> GenerateResult:
+    """Sample the dataset `cfg.generate` describes and commit it at `cfg.dataset_dir`.
+
+    Args:
+        cfg: the pipeline config (`generate` settings, `data` for variants/interpolations, `ray`).
+        model_dir: the saved model; None: `cfg.model_dir`.
+        data: the real images (in the model's range) for variants and interpolations; None: loaded
+            from `cfg.data` when needed.
+        progress: show a progress bar (rows done / total, rows/s).
+        use_ray: fan out to Ray actors; False writes every shard in this process (same bytes).
+
+    Returns:
+        `GenerateResult` describing the committed dataset.
+
+    Raises:
+        PipelineError: nothing to generate or an unknown class; `ModelError`: missing/corrupt model or
+            a mode it cannot do; `DataError`: unusable real data; `StorageError`: an existing
+            dataset, an unwritable output or a failed shard. Nothing is committed in any of these cases.
+    """
+    model_dir = model_dir or cfg.model_dir
+    g = cfg.generate
+    model_opts = _model_storage_options(model_dir, cfg)
+    model, meta = _load_model(model_dir, model_opts)
+    class_names = meta.get("extra", {}).get("class_names")
+    validate_request(g, model.cfg, class_names)
+    target = resolve_output(cfg.dataset_dir, g.if_exists, g.storage_options)
+    if needs_real_data(g) and data is None:
+        from pipelines.data import load_images
+
+        data = load_images(cfg.data, model.cfg)
+    plan = make_plan(g, model.cfg, class_names, data)
+    job, provenance = _job_spec(cfg, model, meta, plan, data)
+    sources = source_images(plan, data) if (plan.needs_sources and data is not None) else None
+    info = None
+    if use_ray:  # connect before touching the output: a failed connection must not cost the old dataset
+        from pipelines.raycluster import ensure_ray
+
+        info = ensure_ray(cfg.ray)
+    prepare_output(target)
+    created_at = datetime.now(UTC).isoformat(timespec="seconds")
+    t_start = time.perf_counter()
+    with _progress(plan.total_rows, progress) as bar:
+        if info is not None:
+            stats, n_actors, startup = run_on_ray(
+                cfg, info, plan, job, target, model_dir, model_opts, sources, bar
+            )
+        else:
+            writer = ShardWriter.in_process(model, job, sources, target.fs, target.root)
+            stats, n_actors, startup = run_local(plan, writer, bar), 0, 0.0
+    verify_files(target, stats)
+    manifest = _manifest(cfg, plan, job, provenance, stats, model, model_dir, created_at)
+    manifest_path = commit(target, manifest, dataset_card(manifest))
+    seconds = time.perf_counter() - t_start - startup
+    peaks: dict[int, float] = {}
+    for s in stats:
+        peaks[s.pid] = max(peaks.get(s.pid, 0.0), s.peak_rss_mb)
+    driver_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    log.info("committed %d rows to %s in %.1f s", manifest["rows"], redact_url(target.url), seconds)
+    return GenerateResult(
+        dataset_dir=target.url,
+        rows=manifest["rows"],
+        files=[target.url.rstrip("/") + "/" + s.path for s in stats],
+        per_class=manifest["per_class"],
+        per_method=manifest["per_method"],
+        manifest_path=manifest_path,
+        seconds=seconds,
+        rows_per_s=manifest["rows"] / seconds if seconds > 0 else 0.0,
+        num_actors=n_actors,
+        startup_seconds=startup,
+        cpu_seconds=sum(s.cpu_seconds for s in stats),
+        peak_rss_mb={
+            "driver": driver_peak,
+            "writers_max": max(peaks.values(), default=0.0),
+            "writers_total": sum(peaks.values()) if n_actors else 0.0,
+        },
+    )
+
+
+__all__ = ["FORMAT", "FORMAT_VERSION", "GenerateResult", "generate"]

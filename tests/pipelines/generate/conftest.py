@@ -1,0 +1,33 @@
+"""Fixtures of the generation tests: tiny saved models (conditional and not) and digits."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+from tests.pipelines.generate.helpers import save_tiny_model
+
+
+@pytest.fixture(autouse=True)
+def _single_thread() -> Iterator[None]:
+    """One intra-op thread (the Ray actors use one too): two shared cores, tiny models."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def cond_model(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A saved conditional tiny VAE (classes "0".."9")."""
+    return save_tiny_model(tmp_path_factory.mktemp("models") / "cond", conditional=True)
+
+
+@pytest.fixture(scope="session")
+def uncond_model(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A saved unconditional tiny VAE."""
+    return save_tiny_model(tmp_path_factory.mktemp("models") / "uncond", conditional=False)

@@ -1,0 +1,155 @@
+"""Commit protocol, output policies, dataset card and bad input (single-process path, no Ray)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import fsspec
+import pytest
+import yaml
+
+from pipelines.errors import DataError, ModelError, PipelineError, StorageError
+from pipelines.generate import generate
+from pipelines.generate.commit import redact_url
+from pipelines.readers import open_dataset
+from tests.pipelines.generate.helpers import make_cfg
+
+
+def _run(out, model, **gen):
+    return generate(make_cfg(str(out), **gen), model_dir=model, progress=False, use_ray=False)
+
+
+def _snapshot(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in root.rglob("*")
+        if p.is_file()
+    }
+
+
+def test_commit_writes_manifest_card_and_marker_last(tmp_path, cond_model):
+    out = tmp_path / "ds"
+    res = _run(out, cond_model, num_samples=40, per_class={"2": 6})
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "_SUCCESS", "data", "manifest.json"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["rows"] == res.rows == 46
+    assert [f["path"] for f in manifest["files"]] == [f"data/part-0000{i}-of-00003.parquet" for i in range(3)]
+    for f in manifest["files"]:
+        assert hashlib.sha256((out / f["path"]).read_bytes()).hexdigest() == f["sha256"]
+    assert manifest["per_class"]["2"] == 4 + 6 and sum(manifest["per_class"].values()) == 46
+    prov = manifest["provenance"]
+    assert prov["model_sha256"] and prov["seed"] == 0 and prov["vaeaug_version"] and prov["created_at"]
+    marker = json.loads((out / "_SUCCESS").read_text())
+    assert marker["manifest_sha256"] == hashlib.sha256((out / "manifest.json").read_bytes()).hexdigest()
+    assert (out / "_SUCCESS").stat().st_mtime_ns >= (out / "manifest.json").stat().st_mtime_ns
+
+
+def test_dataset_card_front_matter_declares_the_features(tmp_path, cond_model):
+    datasets = pytest.importorskip("datasets")
+    out = tmp_path / "ds"
+    _run(out, cond_model, num_samples=20)
+    text = (out / "README.md").read_text()
+    front = yaml.safe_load(text.split("---\n")[1])
+    manifest = json.loads((out / "manifest.json").read_text())
+    declared = datasets.Features._from_yaml_list(front["dataset_info"]["features"])
+    assert declared == datasets.Features.from_dict(manifest["features"])
+    assert front["configs"][0]["data_files"][0]["path"] == "data/*.parquet"
+
+
+def test_existing_dataset_is_not_clobbered(tmp_path, cond_model):
+    out = tmp_path / "ds"
+    _run(out, cond_model, num_samples=20)
+    before = _snapshot(out)
+    with pytest.raises(StorageError, match="committed dataset already exists.*if_exists=overwrite"):
+        _run(out, cond_model, num_samples=30)
+    assert _snapshot(out) == before
+
+
+def test_overwrite_replaces_every_old_file(tmp_path, cond_model):
+    out = tmp_path / "ds"
+    _run(out, cond_model, num_samples=60)  # 4 shards
+    res = _run(out, cond_model, num_samples=20, if_exists="overwrite")  # 2 shards
+    assert sorted(p.name for p in (out / "data").iterdir()) == [Path(f).name for f in res.files]
+    assert open_dataset(str(out)).rows == 20
+
+
+def test_new_version_writes_beside_the_committed_dataset(tmp_path, cond_model):
+    out = tmp_path / "ds"
+    _run(out, cond_model, num_samples=20)
+    before = _snapshot(out)
+    v2 = _run(out, cond_model, num_samples=30, if_exists="new_version")
+    v3 = _run(out, cond_model, num_samples=10, if_exists="new_version")
+    assert (v2.dataset_dir, v3.dataset_dir) == (f"{out}/v2", f"{out}/v3")
+    assert open_dataset(v3.dataset_dir).rows == 10 and open_dataset(str(out)).rows == 20
+    assert {k: v for k, v in _snapshot(out).items() if not k.startswith("v")} == before
+
+
+def test_leftover_uncommitted_dataset_is_refused_then_cleaned(tmp_path, cond_model):
+    out = tmp_path / "ds"
+    _run(out, cond_model, num_samples=60)
+    (out / "_SUCCESS").unlink()  # as if the job had died before committing
+    with pytest.raises(DataError, match="incomplete"):
+        open_dataset(str(out))
+    res = _run(out, cond_model, num_samples=20)  # if_exists=error: an uncommitted leftover is cleaned
+    assert len(list((out / "data").iterdir())) == len(res.files) == 2
+
+
+def test_directory_with_foreign_files_is_refused(tmp_path, cond_model):
+    (tmp_path / "mine.txt").write_text("keep me")
+    with pytest.raises(StorageError, match="not part of a vaeaug dataset"):
+        _run(tmp_path, cond_model)
+    assert (tmp_path / "mine.txt").read_text() == "keep me"
+
+
+def test_unwritable_output_fails_before_any_work(tmp_path, cond_model):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(StorageError, match="cannot write to generate.output"):
+        _run(tmp_path / "file" / "ds", cond_model)
+
+
+def test_memory_url_output(cond_model):
+    url = "memory://vaeaug-tests/ds"
+    res = _run(url, cond_model, num_samples=20)
+    fs = fsspec.filesystem("memory")
+    assert fs.exists("/vaeaug-tests/ds/_SUCCESS") and open_dataset(url).rows == res.rows == 20
+    fs.rm("/vaeaug-tests", recursive=True)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"num_samples": 0}, PipelineError, "nothing to generate"),
+        ({"per_class": {"ten": 3}}, PipelineError, r"unknown class.*\['0', '1', '2'"),
+    ],
+)
+def test_bad_requests_commit_nothing(tmp_path, cond_model, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        _run(tmp_path / "ds", cond_model, **kwargs)
+    assert not (tmp_path / "ds").exists()
+
+
+def test_per_class_on_unconditional_model(tmp_path, uncond_model):
+    with pytest.raises(ModelError, match="needs a class-conditional model"):
+        _run(tmp_path / "ds", uncond_model, per_class={"3": 2})
+    assert not (tmp_path / "ds").exists()
+
+
+def test_missing_and_corrupt_model(tmp_path, cond_model):
+    with pytest.raises(ModelError, match="no saved model"):
+        _run(tmp_path / "ds", str(tmp_path / "nope"))
+    broken = tmp_path / "broken"
+    shutil.copytree(cond_model, broken)
+    blob = bytearray((broken / "model.safetensors").read_bytes())
+    blob[-10:] = b"\x00" * 10
+    (broken / "model.safetensors").write_bytes(bytes(blob))
+    with pytest.raises(ModelError, match="corrupt weights"):
+        _run(tmp_path / "ds", str(broken))
+    assert not (tmp_path / "ds").exists()
+
+
+def test_redact_url_drops_user_info():
+    assert redact_url("s3://AKIA:s3cret@bucket/x") == "s3://bucket/x"
+    assert redact_url("/local/path") == "/local/path"
