@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import yaml
@@ -21,6 +22,7 @@ from pipelines.errors import PipelineError
 from pipelines.raycluster import check_reachable
 
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+AGENT_WAIT_S = 120.0  # a head that just started may take a while before its job agent accepts jobs
 
 
 def _dashboard_address(cfg: PipelineConfig) -> str:
@@ -42,6 +44,20 @@ def _job_config(cfg: PipelineConfig) -> dict:
         shipped[section]["storage_options"] = {k: v for k, v in opts.items() if v != "<redacted>"}
     shipped["ray"] = {**shipped["ray"], "submit_job": False, "address": None}  # the job's RAY_ADDRESS
     return shipped
+
+
+def _submit(client: Any, wait_s: float = AGENT_WAIT_S, **job: Any) -> str:
+    """`client.submit_job`, retried while a freshly started head has no job agent yet (HTTP 500)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return client.submit_job(**job)
+        except RuntimeError as exc:
+            if "No available agent" not in str(exc) or time.monotonic() > deadline:
+                raise PipelineError(
+                    f"the Ray job server refused the job: {str(exc).splitlines()[0]}"
+                ) from None
+            time.sleep(2.0)
 
 
 def run_as_ray_job(
@@ -73,7 +89,8 @@ def run_as_ray_job(
     client = JobSubmissionClient(address)
     with tempfile.TemporaryDirectory(prefix="vaeaug-job-") as workdir:
         Path(workdir, "config.yaml").write_text(yaml.safe_dump(_job_config(cfg), sort_keys=False))
-        job_id = client.submit_job(
+        job_id = _submit(
+            client,
             entrypoint=f"vaeaug {command} --config config.yaml",
             runtime_env={"working_dir": workdir},
             submission_id=f"vaeaug-{command}-{uuid.uuid4().hex[:8]}",

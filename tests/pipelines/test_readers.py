@@ -71,7 +71,11 @@ def test_streaming_items_are_tensors(dataset):
 
 
 def test_dataloader_workers_read_every_row_once(dataset):
-    loader = DataLoader(SyntheticDataset(str(dataset)), batch_size=8, num_workers=2)
+    # spawn: workers start clean (a fork would copy this test process's Ray connection and threads),
+    # which also proves the dataset pickles, as it must for any multi-process DataLoader.
+    loader = DataLoader(
+        SyntheticDataset(str(dataset)), batch_size=8, num_workers=2, multiprocessing_context="spawn"
+    )
     latents = torch.cat([z for _, _, z in loader])
     assert latents.shape == (ROWS, 4)
     reference = {_key(z) for _, _, z in SyntheticDataset(str(dataset))}
