@@ -8,6 +8,7 @@ config is saved next to the outputs (`save_config`).
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -232,6 +233,18 @@ class PipelineConfig:
     conditional: bool = True
     output_dir: str = "./outputs/digits"
 
+    def __post_init__(self) -> None:
+        # Local paths become absolute now: Ray workers and actors may run in another working directory
+        # (e.g. Ray's `uv run` runtime env), where "./outputs" would point elsewhere.
+        self.output_dir = absolute_local(self.output_dir)
+        self.train.storage_path = absolute_local(self.train.storage_path)
+        if self.generate.output is not None:
+            self.generate.output = absolute_local(self.generate.output)
+        if self.flow.result_storage is not None:
+            self.flow.result_storage = absolute_local(self.flow.result_storage)
+        if self.data.path is not None:
+            self.data.path = absolute_local(self.data.path)
+
     @property
     def model_dir(self) -> str:
         """The stable location of the exported model that the sampling stage reads."""
@@ -254,6 +267,13 @@ class PipelineConfig:
             for section in ("data", "generate"):
                 out[section]["storage_options"] = redact_secrets(out[section]["storage_options"])
         return out
+
+
+def absolute_local(path: str) -> str:
+    """An absolute form of a local path; URLs with a scheme (s3://, gs://, memory://...) unchanged."""
+    if "://" in path:
+        return path
+    return os.path.abspath(os.path.expanduser(path))
 
 
 _SECRET_WORDS = ("key", "secret", "token", "password", "credential", "session")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -20,8 +22,10 @@ def test_defaults_are_the_digits_job():
     cfg = load_config()
     assert cfg.data.source == "digits"
     assert cfg.model.image_size == (8, 8)
-    assert cfg.model_dir == "./outputs/digits/model"
-    assert cfg.dataset_dir == "./outputs/digits/synthetic"
+    # local paths are made absolute (Ray workers may run in another directory)
+    assert cfg.model_dir == str(Path.cwd() / "outputs/digits/model")
+    assert cfg.dataset_dir == str(Path.cwd() / "outputs/digits/synthetic")
+    assert load_config(None, ["output_dir=s3://b/x"]).model_dir == "s3://b/x/model"
 
 
 def test_yaml_then_overrides(tmp_path):
