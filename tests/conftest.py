@@ -126,3 +126,16 @@ def mnist_root() -> Path:
     if not (SHARED_MNIST / "MNIST" / "raw" / "train-images-idx3-ubyte").exists():
         pytest.skip("../shared/data/MNIST is not present (tests that need real MNIST are skipped)")
     return SHARED_MNIST
+
+
+@pytest.fixture
+def single_torch_thread() -> Iterator[None]:
+    """One intra-op torch thread for the test (tiny models on shared cores: more threads only wait)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
@@ -16,17 +16,8 @@ TINY = {"hidden_channels": (4, 8), "latent_dim": 5}
 
 
 @pytest.fixture(autouse=True)
-def _single_thread() -> Iterator[None]:
-    """One intra-op thread: these models are tiny, and the CI box has two cores shared with others.
-
-    Oversubscribed BLAS threads make the digits training several times slower, not faster.
-    """
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+def _single_thread(single_torch_thread: None) -> None:
+    """One intra-op thread: oversubscribed BLAS threads make the digits training several times slower."""
 
 
 def build_vae(seed: int = 0, **overrides) -> VAE:

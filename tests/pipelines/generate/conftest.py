@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
-import torch
 
 from tests.pipelines.generate.helpers import save_tiny_model
 
 
 @pytest.fixture(autouse=True)
-def _single_thread() -> Iterator[None]:
-    """One intra-op thread (the Ray actors use one too): two shared cores, tiny models."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+def _single_thread(single_torch_thread: None) -> None:
+    """One intra-op thread (the Ray actors use one too)."""
 
 
 @pytest.fixture(scope="session")
