@@ -33,12 +33,23 @@ def _config(args: argparse.Namespace) -> PipelineConfig:
     return load_config(args.config, args.overrides)
 
 
+def _config_with_data_shape(args: argparse.Namespace) -> PipelineConfig:
+    """The config, with the model's image size and channels the user left unset inferred from the data."""
+    from pipelines.data import resolve_data_shape
+
+    cfg = _config(args)
+    note = resolve_data_shape(cfg)
+    if note:
+        print(note)
+    return cfg
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """Train the VAE on Ray Train (or locally with train.backend=local) and export it to
     <output_dir>/model with its metrics, loss curve and sample grid."""
     from pipelines.stages import save_merged_config, train_stage
 
-    cfg = _config(args)
+    cfg = _config_with_data_shape(args)
     save_merged_config(cfg)
     result = train_stage(cfg)
     print(f"model: {result.model_dir}  (sha256 {result.sha256[:12]})")
@@ -62,7 +73,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     """Print held-out quality figures of a trained model on its data's validation split."""
     from pipelines.stages import evaluate_stage
 
-    cfg = _config(args)
+    cfg = _config_with_data_shape(args)
     report = evaluate_stage(cfg, model_dir=args.model)
     width = max(map(len, report))
     for key, value in report.items():

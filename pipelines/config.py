@@ -160,6 +160,11 @@ class GenerateConfig:
             or "new_version" (write to the next `vN` subdirectory).
         png_compression: zlib level of the PNGs (0-9); 1 is fast and small enough for small images.
         storage_options: fsspec options for `output`.
+        curation_threshold: keep a "prior"/"class" image only when a classifier trained on the real
+            training split gives its requested label at least this probability (rejected draws are
+            redrawn, so the counts are still met exactly); null turns curation off.
+        curation_max_rounds: redraws per row before it keeps its most confident candidate (counted
+            as a fallback in the manifest).
     """
 
     num_samples: int = 10_000
@@ -179,6 +184,8 @@ class GenerateConfig:
     if_exists: Literal["error", "overwrite", "new_version"] = "error"
     png_compression: int = 1
     storage_options: dict[str, Any] = field(default_factory=dict)
+    curation_threshold: float | None = 0.9
+    curation_max_rounds: int = 50
 
     def __post_init__(self) -> None:
         nonneg = ("num_samples", "variants_per_image", "interpolations")
@@ -198,6 +205,12 @@ class GenerateConfig:
             (self.cpus_per_actor >= 1, "cpus_per_actor", "must be >= 1"),
             (self.variant_limit is None or self.variant_limit >= 1, "variant_limit", "must be >= 1"),
             (0 <= self.png_compression <= 9, "png_compression", "must be in 0..9"),
+            (
+                self.curation_threshold is None or 0 < self.curation_threshold < 1,
+                "curation_threshold",
+                "must be in (0, 1), or null for no curation",
+            ),
+            (self.curation_max_rounds >= 1, "curation_max_rounds", "must be >= 1"),
         ]
         for ok, key, fix in checks:
             if not ok:
@@ -210,18 +223,67 @@ class GenerateConfig:
 
 
 @dataclass
+class ReportConfig:
+    """The usefulness report: does the synthetic set help a downstream classifier?
+
+    A small CNN recipe is trained for a fixed number of steps on the real training split, on it plus
+    the synthetic set, each with and without classic augmentation, and on the synthetic set alone;
+    all are tested on the held-out split (`train.val_fraction`) that the VAE never trained on.
+
+    Args:
+        enabled: compute the report with every generated dataset (manifest, card, console, Prefect).
+        steps: optimizer steps of every classifier (the same for every condition).
+        seeds: seeds per condition (>= 2 gives a spread).
+        batch_size: classifier batch size.
+        width: channels of the classifier's first stage.
+        synthetic_share: share of each real+synthetic batch drawn from the synthetic set.
+        max_synthetic: synthetic rows read back for the report (an even sample of larger sets).
+        flip: classic augmentation mirrors images left-right; null: only for RGB images.
+    """
+
+    enabled: bool = True
+    steps: int = 500
+    seeds: int = 2
+    batch_size: int = 64
+    width: int = 16
+    synthetic_share: float = 0.5
+    max_synthetic: int = 10_000
+    flip: bool | None = None
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.steps >= 1, "steps", "must be >= 1"),
+            (self.seeds >= 1, "seeds", "must be >= 1 (2 or more give a spread)"),
+            (self.batch_size >= 2, "batch_size", "must be >= 2"),
+            (self.width >= 1, "width", "must be >= 1"),
+            (0 < self.synthetic_share < 1, "synthetic_share", "must be in (0, 1)"),
+            (self.max_synthetic >= 10, "max_synthetic", "must be >= 10"),
+        ]
+        for ok, key, fix in checks:
+            if not ok:
+                raise ConfigError(f"report.{key}={getattr(self, key)!r}: {fix}")
+
+
+@dataclass
 class PipelineConfig:
     """The whole augmentation job.
 
     Args:
         data: the seed images.
-        model: the VAE; `image_size`/`channels` are what the data is converted to.
+        model: the VAE; `image_size`/`channels` are what the data is converted to (inferred from the
+            data when the user leaves them unset: see `infer_from_data`).
         train: training settings.
         generate: sampling settings.
         ray: how to reach Ray.
         flow: Prefect orchestration (caching, retries, result storage).
+        report: the usefulness report of the synthetic set.
         conditional: train a class-conditional VAE on the data's labels (sets `model.num_classes`).
         output_dir: where the model (`model/`), reports and, by default, the dataset go.
+
+    Attributes:
+        infer_from_data: the `model` keys ("image_size", "channels") that `load_config` found unset,
+            to be set from the data by `pipelines.data.shape.resolve_data_shape` (empty once resolved,
+            and for configs built otherwise, e.g. by `config_from_dict`: their values are final).
     """
 
     data: DataConfig = field(default_factory=DataConfig)
@@ -230,8 +292,10 @@ class PipelineConfig:
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     flow: FlowConfig = field(default_factory=FlowConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
     conditional: bool = True
     output_dir: str = "./outputs/digits"
+    infer_from_data: tuple[str, ...] = field(default=(), init=False, compare=False)
 
     def __post_init__(self) -> None:
         # Local paths become absolute now: Ray workers and actors may run in another working directory
@@ -263,6 +327,7 @@ class PipelineConfig:
                 passwords) with "<redacted>": use it for anything written to files or logs.
         """
         out = _plain(dataclasses.asdict(self))
+        del out["infer_from_data"]  # not a setting: the resolved values are in `model`
         if redact:
             for section in ("data", "generate"):
                 out[section]["storage_options"] = redact_secrets(out[section]["storage_options"])
@@ -426,7 +491,8 @@ def load_config(
         settings: nested sections as in the YAML file (e.g. a Prefect flow's parameter).
 
     Returns:
-        The validated `PipelineConfig`.
+        The validated `PipelineConfig`; `model.image_size`/`model.channels` not given here are listed
+        in its `infer_from_data` (see `pipelines.data.shape.resolve_data_shape`).
 
     Raises:
         ConfigError: unknown key, wrong type or invalid value (the message names the key).
@@ -448,7 +514,10 @@ def load_config(
             raise ConfigError(f"config settings must be a mapping of sections, got {type(settings).__name__}")
         tree = _merge(tree, settings)
     tree = _merge(tree, parse_overrides(overrides or []))
-    return build(PipelineConfig, tree)
+    cfg = build(PipelineConfig, tree)
+    given = tree.get("model") or {}
+    cfg.infer_from_data = tuple(key for key in ("image_size", "channels") if key not in given)
+    return cfg
 
 
 def save_config(cfg: PipelineConfig) -> str:

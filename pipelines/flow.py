@@ -18,6 +18,7 @@ from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
 
 from pipelines import stages
 from pipelines.config import PipelineConfig, config_from_dict, load_config
+from pipelines.data import resolve_data_shape
 from pipelines.data.imageset import ImageSet
 
 FLOW_NAME = "vae-augmentation"
@@ -133,6 +134,9 @@ def augmentation_flow(
         the dataset location, rows and per-class counts.
     """
     cfg = load_config(config_path, overrides, settings=config)  # strict: fails before any Ray work
+    note = resolve_data_shape(cfg)  # unset model.image_size/channels: before they are saved or cache-keyed
+    if note:
+        print(note)
     stages.save_merged_config(cfg)
     retry = {
         "retries": cfg.flow.retries,

@@ -7,7 +7,7 @@ from typing import Any
 import fsspec
 
 from pipelines.config import PipelineConfig, save_config
-from pipelines.data import load_images
+from pipelines.data import load_images, resolve_data_shape
 from pipelines.data.imageset import ImageSet
 from pipelines.evaluate import evaluate_saved_model
 from pipelines.training.common import format_epoch
@@ -25,7 +25,12 @@ def save_merged_config(cfg: PipelineConfig) -> str:
 
 
 def load_data(cfg: PipelineConfig) -> ImageSet:
-    """The seed images, converted to the model's size, channels and range."""
+    """The seed images, converted to the model's size, channels and range.
+
+    The size and channels the user left unset are inferred from the data first (`resolve_data_shape`,
+    which updates `cfg.model`; a no-op when the caller already resolved them).
+    """
+    resolve_data_shape(cfg)
     return load_images(cfg.data, cfg.model)
 
 

@@ -1,5 +1,7 @@
 """Input data for training: typed config, the `ImageSet` container and `load_images` over all sources.
 
+`resolve_data_shape` sets the model's image size and channels the user left unset from the data.
+
 >>> from pipelines.data import DataConfig, load_images
 >>> images = load_images(DataConfig(source="digits", limit=10), VAEConfig())  # doctest: +SKIP
 """
@@ -7,6 +9,17 @@
 from pipelines.data.config import DEFAULT_ROOT, SOURCES, DataConfig
 from pipelines.data.decode import IMAGE_EXTENSIONS
 from pipelines.data.imageset import ImageSet
+from pipelines.data.shape import infer_data_shape, resolve_data_shape
 from pipelines.data.sources import LOADERS, load_images
 
-__all__ = ["DEFAULT_ROOT", "IMAGE_EXTENSIONS", "LOADERS", "SOURCES", "DataConfig", "ImageSet", "load_images"]
+__all__ = [
+    "DEFAULT_ROOT",
+    "IMAGE_EXTENSIONS",
+    "LOADERS",
+    "SOURCES",
+    "DataConfig",
+    "ImageSet",
+    "infer_data_shape",
+    "load_images",
+    "resolve_data_shape",
+]

@@ -6,6 +6,7 @@ Everything here returns float32 in [0, 1]; `load_images` maps to the model's ran
 from __future__ import annotations
 
 import io
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -18,10 +19,73 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg")
 #: ITU-R 601-2 luma weights, the ones PIL's convert("L") uses.
 _LUMA = (0.299, 0.587, 0.114)
 _CHUNK = 4096
+#: Bytes fetched to read an image's header (PNG/JPEG headers fit; larger ones are refetched whole).
+HEADER_BYTES = 64 * 1024
+#: EXIF orientations that rotate by 90 degrees (height and width swap when decoded).
+_TRANSPOSING = (5, 6, 7, 8)
 
 
 class ImageDecodeError(Exception):
     """Bytes that are not a readable image; the message is the reason, without the file name."""
+
+
+class ImageHeader(NamedTuple):
+    """What an image file's header says about the decoded image."""
+
+    size: tuple[int, int]  # (H, W) after EXIF orientation, as `decode_image` sees it
+    colour: bool  # any colour band (RGB, RGBA, CMYK, YCbCr...) or a palette with a colour entry
+
+
+def read_header(data: bytes) -> ImageHeader:
+    """Size and colourfulness of an encoded image, from its header only (the pixels are not decoded).
+
+    Args:
+        data: the encoded file, or its first bytes (`HEADER_BYTES` are enough for most files).
+
+    Returns:
+        The `ImageHeader`.
+
+    Raises:
+        ImageDecodeError: the bytes are not a readable image header (or too few of them).
+    """
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            width, height = img.size
+            if _orientation(img) in _TRANSPOSING:
+                width, height = height, width
+            return ImageHeader(size=(height, width), colour=_is_colour(img))
+    except UnidentifiedImageError:
+        raise ImageDecodeError("cannot identify image file") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ImageDecodeError(reason) from None
+
+
+def _orientation(img: Image.Image) -> int:
+    """EXIF orientation from the header's EXIF block (1 when absent), without decoding the pixels."""
+    raw = img.info.get("exif")
+    if not raw:
+        return 1
+    exif = Image.Exif()
+    try:
+        exif.load(raw)
+        return int(exif.get(ExifTags.Base.Orientation, 1))
+    except Exception:  # malformed EXIF (struct, value, type errors...): no orientation
+        return 1
+
+
+def _is_colour(img: Image.Image) -> bool:
+    """Whether an opened (not loaded) image has colour: colour bands, or a palette with a colour entry."""
+    if img.mode in ("P", "PA"):
+        if img.palette is None:
+            return False
+        mode, raw = img.palette.getdata()
+        if mode not in ("RGB", "RGBA"):
+            return True  # an unusual palette layout: keep the colour
+        entries = np.frombuffer(raw, dtype=np.uint8)
+        entries = entries[: len(entries) // len(mode) * len(mode)].reshape(-1, len(mode))[:, :3]
+        return bool((entries != entries[:, :1]).any())
+    return len([band for band in img.getbands() if band not in ("A", "a")]) > 1
 
 
 def decode_image(data: bytes, size: tuple[int, int], channels: int) -> np.ndarray:
@@ -126,10 +190,13 @@ def has_image_extension(name: str) -> bool:
 
 
 __all__ = [
+    "HEADER_BYTES",
     "IMAGE_EXTENSIONS",
     "ImageDecodeError",
+    "ImageHeader",
     "decode_image",
     "fit_batch",
     "has_image_extension",
+    "read_header",
     "uint8_to_unit",
 ]

@@ -4,9 +4,18 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from fsspec import AbstractFileSystem
 
 from pipelines.data.config import DataConfig
-from pipelines.data.decode import IMAGE_EXTENSIONS, ImageDecodeError, decode_image, has_image_extension
+from pipelines.data.decode import (
+    HEADER_BYTES,
+    IMAGE_EXTENSIONS,
+    ImageDecodeError,
+    ImageHeader,
+    decode_image,
+    has_image_extension,
+    read_header,
+)
 from pipelines.data.filesystems import display_name, first_line, is_hidden, open_root, relative
 from pipelines.data.imageset import ImageSet
 from pipelines.errors import DataError
@@ -31,15 +40,7 @@ def load_folder(data: DataConfig, size: tuple[int, int], channels: int) -> Image
         DataError: missing path, no class subfolders, no image files, unreadable or corrupt file.
     """
     assert data.path is not None  # guaranteed by DataConfig
-    fs, root = open_root(data.path, data.storage_options)
-    if not fs.isdir(root):
-        raise DataError(
-            f"data.path {data.path!r} is a file, not a folder: give a folder with one subfolder per "
-            "class (or use data.source='parquet' for Parquet files)"
-        )
-    class_names, files = _scan(fs, root, data.path)
-    if data.limit is not None:
-        files = files[: data.limit]
+    fs, class_names, files = list_folder(data)
     labels = {name: i for i, name in enumerate(class_names)}
 
     height, width = size
@@ -50,11 +51,11 @@ def load_folder(data: DataConfig, size: tuple[int, int], channels: int) -> Image
         for i, ((rel, _), blob) in enumerate(zip(batch, blobs, strict=True), start=start):
             name = display_name(data.path, rel)
             if isinstance(blob, BaseException):
-                raise DataError(f"cannot read image {name!r}: {first_line(blob)}; check access to the file")
+                raise _unreadable(name, blob)
             try:
                 images[i] = decode_image(blob, size, channels)
             except ImageDecodeError as exc:
-                raise DataError(f"corrupt image {name!r}: {exc}; remove or replace it") from None
+                raise _corrupt(name, exc) from None
 
     return ImageSet(
         images=torch.from_numpy(images),
@@ -62,6 +63,85 @@ def load_folder(data: DataConfig, size: tuple[int, int], channels: int) -> Image
         class_names=class_names,
         ids=[rel for rel, _ in files],
     )
+
+
+def list_folder(data: DataConfig) -> tuple[AbstractFileSystem, list[str], list[tuple[str, str]]]:
+    """The class names and image files `load_folder` loads (the first `data.limit` files).
+
+    Args:
+        data: the data config (`path`, `storage_options`, `limit`).
+
+    Returns:
+        (fs, class_names, files): the filesystem, sorted class names and (relative, full) paths of
+        the image files, ordered by class then relative path.
+
+    Raises:
+        DataError: missing path, a file instead of a folder, no class subfolders, no image files.
+    """
+    assert data.path is not None  # guaranteed by DataConfig
+    fs, root = open_root(data.path, data.storage_options)
+    if not fs.isdir(root):
+        raise DataError(
+            f"data.path {data.path!r} is a file, not a folder: give a folder with one subfolder per "
+            "class (or use data.source='parquet' for Parquet files)"
+        )
+    class_names, files = _scan(fs, root, data.path)
+    if data.limit is not None:
+        files = files[: data.limit]
+    return fs, class_names, files
+
+
+def folder_headers(data: DataConfig, max_images: int) -> list[ImageHeader]:
+    """Headers of at most `max_images` of the files `load_folder` loads, spread evenly (the first one
+    included), reading only the first `HEADER_BYTES` of each file where that is enough.
+
+    Args:
+        data: the data config (`path`, `storage_options`, `limit`).
+        max_images: how many files to look at, at most.
+
+    Returns:
+        One `ImageHeader` per inspected file, in load order.
+
+    Raises:
+        DataError: as `load_folder` for a bad path, an unreadable or corrupt file.
+    """
+    assert data.path is not None  # guaranteed by DataConfig
+    fs, _, files = list_folder(data)
+    count = min(max_images, len(files))
+    picked = [files[i * len(files) // count] for i in range(count)]  # all of them when count == len
+    headers: list[ImageHeader] = []
+    for start in range(0, len(picked), _FETCH_BATCH):
+        batch = picked[start : start + _FETCH_BATCH]
+        prefixes = fs.cat_ranges([full for _, full in batch], 0, HEADER_BYTES, on_error="return")
+        for (rel, full), prefix in zip(batch, prefixes, strict=True):
+            headers.append(_header(fs, display_name(data.path, rel), full, prefix))
+    return headers
+
+
+def _header(fs: AbstractFileSystem, name: str, full: str, prefix: bytes | BaseException) -> ImageHeader:
+    """The header from a file's first bytes, else from the whole file (a long header, a failed range read)."""
+    if isinstance(prefix, bytes):
+        try:
+            return read_header(prefix)
+        except ImageDecodeError as exc:
+            if len(prefix) < HEADER_BYTES:  # that was the whole file
+                raise _corrupt(name, exc) from None
+    try:
+        blob = fs.cat_file(full)
+    except Exception as exc:  # any backend error, as `cat_ranges(on_error="return")` in `load_folder`
+        raise _unreadable(name, exc) from exc
+    try:
+        return read_header(blob)
+    except ImageDecodeError as exc:
+        raise _corrupt(name, exc) from None
+
+
+def _unreadable(name: str, exc: BaseException) -> DataError:
+    return DataError(f"cannot read image {name!r}: {first_line(exc)}; check access to the file")
+
+
+def _corrupt(name: str, exc: ImageDecodeError) -> DataError:
+    return DataError(f"corrupt image {name!r}: {exc}; remove or replace it")
 
 
 def _scan(fs, root: str, path: str) -> tuple[list[str], list[tuple[str, str]]]:
@@ -106,4 +186,4 @@ def _scan(fs, root: str, path: str) -> tuple[list[str], list[tuple[str, str]]]:
     return class_names, found
 
 
-__all__ = ["load_folder"]
+__all__ = ["folder_headers", "list_folder", "load_folder"]

@@ -18,7 +18,7 @@ import torch
 from fsspec import AbstractFileSystem
 
 from pipelines.data.config import DataConfig
-from pipelines.data.decode import ImageDecodeError, decode_image
+from pipelines.data.decode import ImageDecodeError, ImageHeader, decode_image, read_header
 from pipelines.data.filesystems import display_name, first_line, is_hidden, open_root, relative
 from pipelines.data.imageset import ImageSet
 from pipelines.errors import DataError
@@ -54,10 +54,7 @@ def load_parquet(data: DataConfig, size: tuple[int, int], channels: int) -> Imag
         if remaining is not None and remaining <= 0:
             break
         with fs.open(full, "rb") as fh:
-            try:
-                pfile = pq.ParquetFile(fh)
-            except (pa.ArrowException, OSError) as exc:
-                raise DataError(f"cannot read Parquet file {name!r}: {first_line(exc)}") from exc
+            pfile = _open_parquet(fh, name)
             file_names = check_schema(pfile.schema_arrow, data.image_column, data.label_column, name)
             names = names if names is not None else file_names
             row = 0
@@ -74,9 +71,7 @@ def load_parquet(data: DataConfig, size: tuple[int, int], channels: int) -> Imag
                 if remaining is not None and remaining <= 0:
                     break
     if not ids:
-        raise DataError(
-            f"the Parquet data at data.path {data.path!r} has no rows: point it at non-empty files"
-        )
+        raise _no_rows(data.path)
     all_labels = np.concatenate(labels)
     max_label = int(all_labels.max())
     if names is None:
@@ -92,6 +87,62 @@ def load_parquet(data: DataConfig, size: tuple[int, int], channels: int) -> Imag
         class_names=names,
         ids=ids,
     )
+
+
+def parquet_headers(data: DataConfig, max_images: int) -> list[ImageHeader]:
+    """Headers of the first `max_images` images `load_parquet` loads (only the image column is read,
+    and the pixels are not decoded).
+
+    Args:
+        data: the data config (`path`, `storage_options`, `image_column`, `label_column`, `limit`).
+        max_images: how many images to look at, at most.
+
+    Returns:
+        One `ImageHeader` per inspected row, in load order.
+
+    Raises:
+        DataError: as `load_parquet` for a bad path, bad columns, missing or corrupt image bytes.
+    """
+    assert data.path is not None  # guaranteed by DataConfig
+    fs, root = open_root(data.path, data.storage_options)
+    wanted = max_images if data.limit is None else min(max_images, data.limit)
+    headers: list[ImageHeader] = []
+    for full, name, _ in iter_parquet_files(fs, root, data.path):
+        if len(headers) >= wanted:
+            break
+        with fs.open(full, "rb") as fh:
+            headers.extend(_file_headers(_open_parquet(fh, name), data, name, wanted - len(headers)))
+    if not headers:
+        raise _no_rows(data.path)
+    return headers
+
+
+def _file_headers(pfile: pq.ParquetFile, data: DataConfig, name: str, wanted: int) -> list[ImageHeader]:
+    """Headers of the first `wanted` images of one Parquet file."""
+    check_schema(pfile.schema_arrow, data.image_column, data.label_column, name)
+    headers: list[ImageHeader] = []
+    for batch in pfile.iter_batches(batch_size=min(_BATCH_ROWS, wanted), columns=[data.image_column]):
+        blobs = pc.struct_field(batch.column(0), "bytes").to_pylist()[: wanted - len(headers)]
+        for blob in blobs:
+            row = len(headers)
+            try:
+                headers.append(read_header(_image_bytes(blob, name, row)))
+            except ImageDecodeError as exc:
+                raise _corrupt(name, row, exc) from None
+        if len(headers) >= wanted:
+            break
+    return headers
+
+
+def _open_parquet(fh: Any, name: str) -> pq.ParquetFile:
+    try:
+        return pq.ParquetFile(fh)
+    except (pa.ArrowException, OSError) as exc:
+        raise DataError(f"cannot read Parquet file {name!r}: {first_line(exc)}") from exc
+
+
+def _no_rows(path: str) -> DataError:
+    return DataError(f"the Parquet data at data.path {path!r} has no rows: point it at non-empty files")
 
 
 def iter_parquet_files(fs: AbstractFileSystem, root: str, path: str) -> Iterator[tuple[str, str, str]]:
@@ -211,16 +262,25 @@ def decode_image_batch(
     out = np.empty((len(blobs), channels, height, width), dtype=np.float32)  # (N, C, H, W)
     for i, blob in enumerate(blobs):
         row = first_row + i
-        if blob is None:
-            raise DataError(
-                f"row {row} of {name!r} has no image bytes (path-only images are not supported): "
-                "embed the image bytes in the Parquet file"
-            )
         try:
-            out[i] = decode_image(blob, size, channels)
+            out[i] = decode_image(_image_bytes(blob, name, row), size, channels)
         except ImageDecodeError as exc:
-            raise DataError(f"corrupt image in {name!r} row {row}: {exc}; remove or replace it") from None
+            raise _corrupt(name, row, exc) from None
     return out
+
+
+def _image_bytes(blob: bytes | None, name: str, row: int) -> bytes:
+    """A row's image bytes; a null is an error (path-only images are not supported)."""
+    if blob is None:
+        raise DataError(
+            f"row {row} of {name!r} has no image bytes (path-only images are not supported): "
+            "embed the image bytes in the Parquet file"
+        )
+    return blob
+
+
+def _corrupt(name: str, row: int, exc: ImageDecodeError) -> DataError:
+    return DataError(f"corrupt image in {name!r} row {row}: {exc}; remove or replace it")
 
 
 def _labels(column: pa.Array, name: str, first_row: int) -> np.ndarray:
@@ -248,4 +308,5 @@ __all__ = [
     "decode_image_batch",
     "iter_parquet_files",
     "load_parquet",
+    "parquet_headers",
 ]
