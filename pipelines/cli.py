@@ -59,13 +59,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     """Sample a synthetic dataset from a trained model on Ray and commit it as Parquet."""
-    from pipelines.stages import generate_stage, how_to_load, save_merged_config
+    from pipelines.stages import generate_stage, how_to_load, save_merged_config, usefulness_lines
 
     cfg = _config(args)
     save_merged_config(cfg)
     out = generate_stage(cfg, model_dir=args.model)
     _print_dataset(out)
     print(how_to_load(out["dataset_dir"]))
+    print("\n".join(usefulness_lines(out)))
     return 0
 
 
@@ -93,7 +94,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     """The whole pipeline as a Prefect flow: load data -> train (Ray Train) -> evaluate ->
     generate (Ray) -> validate and commit the dataset."""
     from pipelines.flow import augmentation_flow
-    from pipelines.stages import how_to_load
+    from pipelines.stages import how_to_load, usefulness_lines
 
     _config(args)  # validate before starting Prefect or Ray
     summary = augmentation_flow(config_path=args.config, overrides=list(args.overrides))
@@ -104,6 +105,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     _print_dataset(summary)
     print(how_to_load(summary["dataset_dir"]))
+    print()
+    print("\n".join(usefulness_lines(summary)))
     return 0
 
 

@@ -70,7 +70,10 @@ class TrainConfig:
     """Distributed training settings (Ray Train).
 
     Args:
-        epochs: passes over the training split.
+        epochs: reporting and checkpointing rounds; each is one pass over the training split, or
+            several when `min_steps` asks for more optimizer steps than `epochs` passes give.
+        min_steps: the floor of optimizer steps: a small set gets as many passes per epoch as it
+            takes to reach it (a VAE on 1,000 images needs thousands of steps, not 30 epochs' 240).
         batch_size: global batch size (split evenly across workers).
         lr: Adam learning rate.
         weight_decay: AdamW decay (0 = Adam).
@@ -93,6 +96,7 @@ class TrainConfig:
     """
 
     epochs: int = 30
+    min_steps: int = 3000
     batch_size: int = 128
     lr: float = 2e-3
     weight_decay: float = 0.0
@@ -114,6 +118,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         checks = [
             (self.epochs >= 1, "epochs", "must be >= 1"),
+            (self.min_steps >= 0, "min_steps", "must be >= 0 (0: exactly `epochs` passes)"),
             (self.batch_size >= 1, "batch_size", "must be >= 1"),
             (self.lr > 0, "lr", "must be > 0"),
             (self.weight_decay >= 0, "weight_decay", "must be >= 0"),
@@ -133,6 +138,23 @@ class TrainConfig:
                 f"train.batch_size={self.batch_size} is smaller than train.num_workers="
                 f"{self.num_workers}: each worker needs at least one sample per batch"
             )
+
+    def passes_per_epoch(self, train_images: int) -> int:
+        """Passes over `train_images` per epoch so that epochs x passes x batches >= `min_steps`."""
+        per_worker = max(1, self.batch_size // self.num_workers)
+        usable = train_images // self.num_workers  # each rank's equal shard
+        steps_per_pass = max(1, -(-usable // per_worker))
+        return max(1, -(-self.min_steps // (self.epochs * steps_per_pass)))
+
+    def budget_line(self, train_images: int) -> str:
+        """One console line: epochs, passes and optimizer steps of a run on `train_images` images."""
+        passes = self.passes_per_epoch(train_images)
+        per_worker = max(1, self.batch_size // self.num_workers)
+        steps = self.epochs * passes * max(1, -(-(train_images // self.num_workers) // per_worker))
+        return (
+            f"training budget: {self.epochs} epochs x {passes} pass(es) over {train_images} images = "
+            f"{steps} optimizer steps (train.min_steps={self.min_steps}, batch {self.batch_size})"
+        )
 
 
 @dataclass

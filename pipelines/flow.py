@@ -175,18 +175,21 @@ def augmentation_flow(
         "validated": checked,
     }
     _publish_artifacts(cfg, summary, trained)
-    print(stages.how_to_load(generated["dataset_dir"]))
     return summary
 
 
 # ------------------------------------------------------------------------------------ artifacts
-def _grid_markdown(grid_path: str) -> str:
+def _png_data_url(path: str) -> str:
     try:
-        with fsspec.open(grid_path, "rb") as f:
+        with fsspec.open(path, "rb") as f:
             png = f.read()
     except OSError:
-        return f"(sample grid not readable at `{grid_path}`)"
-    return f"![samples and reconstructions](data:image/png;base64,{base64.b64encode(png).decode()})"
+        return path
+    return f"data:image/png;base64,{base64.b64encode(png).decode()}"
+
+
+def _grid_markdown(grid_path: str) -> str:
+    return f"![samples and reconstructions]({_png_data_url(grid_path)})"
 
 
 def _publish_artifacts(cfg: PipelineConfig, summary: dict[str, Any], trained: dict[str, Any]) -> None:
@@ -218,6 +221,9 @@ def _publish_artifacts(cfg: PipelineConfig, summary: dict[str, Any], trained: di
 | --- | --- | --- | --- | --- | --- |
 {rows}
 
+## Usefulness (does the synthetic set help a downstream classifier?)
+{_usefulness_markdown(summary)}
+
 ## Samples and reconstructions
 {_grid_markdown(trained["grid_path"])}
 
@@ -227,12 +233,36 @@ def _publish_artifacts(cfg: PipelineConfig, summary: dict[str, Any], trained: di
 ```
 """
     create_markdown_artifact(key="augmentation-report", markdown=report, description="VAE augmentation run")
-    counts = summary.get("per_class", {})
     create_table_artifact(
         key="class-counts",
-        table=[{"class": str(k), "rows": int(v)} for k, v in counts.items()],
-        description="synthetic rows per class",
+        table=_class_table(summary),
+        description="synthetic rows per class, label fidelity and curation acceptance",
     )
+
+
+def _usefulness_markdown(summary: dict[str, Any]) -> str:
+    from pipelines.generate.card import usefulness_section
+
+    body = usefulness_section(summary.get("usefulness") or {"skipped": summary.get("usefulness_note")}, {})
+    text = "\n".join(body[2:])  # without the card's own heading
+    picture = summary.get("picture_path")
+    if picture:
+        text = text.replace("](usefulness.png)", f"]({_png_data_url(picture)})")
+    return text
+
+
+def _class_table(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    fidelity = (summary.get("usefulness") or {}).get("fidelity_per_class", {})
+    curation = (summary.get("curation") or {}).get("per_class", {})
+    table = []
+    for name, rows in summary.get("per_class", {}).items():
+        row: dict[str, Any] = {"class": str(name), "rows": int(rows)}
+        if name in fidelity:
+            row["label_fidelity"] = round(float(fidelity[name]), 4)
+        if name in curation:
+            row["acceptance_rate"] = round(float(curation[name]["acceptance_rate"]), 4)
+        table.append(row)
+    return table
 
 
 __all__ = ["FLOW_NAME", "augmentation_flow"]

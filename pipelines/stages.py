@@ -61,6 +61,9 @@ def train_stage(cfg: PipelineConfig, data: ImageSet | None = None, verbose: bool
         data = load_data(cfg)
         if verbose:
             print(describe_data(cfg, data))
+    if verbose:
+        train_images = len(data) - len(data.split(cfg.train.val_fraction, seed=cfg.train.seed)[1])
+        print(cfg.train.budget_line(train_images), flush=True)
     on_epoch = (lambda row: print(format_epoch(row, cfg.train.epochs), flush=True)) if verbose else None
     if cfg.train.backend == "local":
         from pipelines.training.local import fit_local
@@ -92,7 +95,8 @@ def generate_stage(
         progress: show a progress bar.
 
     Returns:
-        dataset_dir, rows, files, per_class, per_method, manifest_path, rows_per_s.
+        dataset_dir, rows, files, per_class, per_method, manifest_path, rows_per_s, usefulness (the
+        report dict or None), usefulness_note, curation, picture_path.
     """
     if cfg.ray.submit_job:
         from pipelines.rayjob import run_as_ray_job
@@ -112,12 +116,21 @@ def generate_stage(
         "per_method": result.per_method,
         "manifest_path": result.manifest_path,
         "rows_per_s": result.rows_per_s,
+        "usefulness": result.usefulness,
+        "usefulness_note": result.usefulness_note,
+        "curation": result.curation,
+        "picture_path": result.picture_path,
     }
 
 
 def _dataset_summary(manifest: Any) -> dict[str, Any]:
     data = manifest.data
+    usefulness = data.get("usefulness") or {}
     return {
+        "usefulness": None if "headline" not in usefulness else usefulness,
+        "usefulness_note": usefulness.get("skipped"),
+        "curation": data.get("curation") or {},
+        "picture_path": None,
         "dataset_dir": manifest.url,
         "rows": manifest.rows,
         "files": manifest.files,
@@ -164,6 +177,26 @@ def validate_stage(
             f"job {expected_rows}: regenerate it with generate.if_exists=overwrite"
         )
     return {"rows": footer_rows, "files": len(manifest.files), "columns": columns}
+
+
+def usefulness_lines(summary: dict[str, Any]) -> list[str]:
+    """The console's usefulness summary of a generate result (or why there is none)."""
+    from pipelines.usefulness.report import UsefulnessReport
+
+    report = summary.get("usefulness")
+    if not report:
+        return [f"usefulness: {summary.get('usefulness_note') or 'not measured'}"]
+    lines = UsefulnessReport.from_dict(report).summary_lines()
+    curation = summary.get("curation") or {}
+    if curation:
+        rates = [v["acceptance_rate"] for v in curation["per_class"].values()]
+        lines.append(
+            f"  curation: kept samples the judge labels as requested with p >= {curation['threshold']}; "
+            f"acceptance {min(rates):.2f}-{max(rates):.2f} per class"
+        )
+    if summary.get("picture_path"):
+        lines.append(f"  per-class picture: {summary['picture_path']}")
+    return lines
 
 
 def how_to_load(dataset_dir: str) -> str:

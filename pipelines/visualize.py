@@ -60,13 +60,15 @@ def sample_grid(
     rows.append(("real", x))
     rows.append(("reconstruction", model.reconstruct(x, y)))
 
-    h, w = model.cfg.image_size
+    return labelled_rows([(c, to_unit_range(t, model.cfg).cpu()) for c, t in rows], per_row)
+
+
+def labelled_rows(rows: Sequence[tuple[str, torch.Tensor]], per_row: int, label_w: int = 110) -> Image.Image:
+    """Rows of images (each (n, C, H, W) in [0, 1]) with a caption on the left of each row."""
+    h, w = rows[0][1].shape[-2:]
     scale = max(1, CELL_PX // min(h, w))
-    label_w, pad = 110, 2
-    tiles = [
-        _to_pil(make_grid(to_unit_range(t, model.cfg).cpu(), nrow=per_row, padding=pad), scale)
-        for _, t in rows
-    ]
+    pad = 2
+    tiles = [_to_pil(make_grid(t.float(), nrow=per_row, padding=pad), scale) for _, t in rows]
     width = label_w + max(t.width for t in tiles)
     canvas = Image.new("RGB", (width, sum(t.height for t in tiles)), "white")
     draw = ImageDraw.Draw(canvas)

@@ -10,8 +10,13 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
-ReconLoss = Literal["bce", "mse"]
+ReconLoss = Literal["bce", "mse", "gaussian"]
 OutputActivation = Literal["sigmoid", "tanh", "linear"]
+Conditioning = Literal["concat", "film"]
+LatentPrior = Literal["standard", "fitted"]
+
+#: Values that saved configs written before a key existed imply (their weights were built that way).
+LEGACY_DEFAULTS: dict[str, object] = {"conditioning": "concat", "latent_prior": "standard"}
 
 #: The data range each output activation fits (see `vae.ranges`).
 ACTIVATION_RANGES: dict[str, str] = {
@@ -35,11 +40,18 @@ class VAEConfig:
         latent_dim: size of z.
         hidden_channels: conv widths of the encoder, one stride-2 level each; the decoder mirrors them.
         beta: weight of the KL term (beta-VAE); 1.0 is the plain ELBO.
-        recon_loss: "bce" (needs data in [0, 1], i.e. sigmoid output) or "mse".
+        recon_loss: "bce" (needs data in [0, 1], i.e. sigmoid output), "mse", or "gaussian" (a
+            Gaussian likelihood with a calibrated variance, sigma-VAE: sharper than a fixed-variance MSE).
         output_activation: "sigmoid" for data in [0, 1], "tanh" for [-1, 1], "linear" for standardized.
         num_classes: number of classes for class conditioning; None for an unconditional VAE.
         norm_mean: pixel mean used to standardize data when `output_activation` is "linear".
         norm_std: pixel std used to standardize data when `output_activation` is "linear".
+        conditioning: how a conditional decoder sees the label: "concat" (one-hot appended to z only)
+            or "film" (also a learned per-class scale and shift at every decoder level, so the
+            decoder cannot ignore the label).
+        latent_prior: where samples are drawn from: "standard" (N(0, I), the VAE prior) or "fitted"
+            (a Gaussian per class fitted to the encoded training images after training: the
+            aggregate posterior, so draws land where the data is instead of in holes of N(0, I)).
     """
 
     image_size: tuple[int, int] = (8, 8)
@@ -52,6 +64,8 @@ class VAEConfig:
     num_classes: int | None = None
     norm_mean: float = 0.5
     norm_std: float = 0.5
+    conditioning: Conditioning = "film"
+    latent_prior: LatentPrior = "fitted"
 
     def __post_init__(self) -> None:
         if isinstance(self.image_size, int):
@@ -74,8 +88,8 @@ class VAEConfig:
             )
         if not self.beta >= 0:  # also rejects NaN
             raise ConfigError(f"model.beta={self.beta}: must be >= 0 (1.0 is the plain ELBO)")
-        if self.recon_loss not in ("bce", "mse"):
-            raise ConfigError(f"model.recon_loss={self.recon_loss!r}: use 'bce' or 'mse'")
+        if self.recon_loss not in ("bce", "mse", "gaussian"):
+            raise ConfigError(f"model.recon_loss={self.recon_loss!r}: use 'bce', 'mse' or 'gaussian'")
         if self.output_activation not in ACTIVATION_RANGES:
             raise ConfigError(
                 f"model.output_activation={self.output_activation!r}: use one of {sorted(ACTIVATION_RANGES)}"
@@ -91,6 +105,10 @@ class VAEConfig:
             )
         if not self.norm_std > 0:
             raise ConfigError(f"model.norm_std={self.norm_std}: must be > 0")
+        if self.conditioning not in ("concat", "film"):
+            raise ConfigError(f"model.conditioning={self.conditioning!r}: use 'concat' or 'film'")
+        if self.latent_prior not in ("standard", "fitted"):
+            raise ConfigError(f"model.latent_prior={self.latent_prior!r}: use 'standard' or 'fitted'")
 
     @property
     def conditional(self) -> bool:
@@ -111,12 +129,16 @@ class VAEConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> VAEConfig:
-        """Build from a dict; unknown keys are an error (typos must not pass silently)."""
+        """Build from a saved dict; unknown keys are an error (typos must not pass silently).
+
+        Keys missing from a config saved before they existed take `LEGACY_DEFAULTS`, the behaviour
+        the saved weights were trained with.
+        """
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"unknown model config key(s) {unknown}: valid keys are {sorted(known)}")
-        return cls(**data)
+        return cls(**{**LEGACY_DEFAULTS, **data})
 
 
-__all__ = ["ACTIVATION_RANGES", "ConfigError", "VAEConfig"]
+__all__ = ["ACTIVATION_RANGES", "LEGACY_DEFAULTS", "ConfigError", "VAEConfig"]

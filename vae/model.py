@@ -4,7 +4,10 @@ Encoder: `len(hidden_channels)` stride-2 conv levels -> flatten -> (mu, logvar).
 Decoder: linear -> the encoder's last feature map -> transposed convs that retrace the encoder's
 spatial sizes exactly (so any H x W >= 8, odd or non-square, round-trips) -> output activation.
 Conditioning (num_classes set): one-hot labels are appended as constant channels to the encoder input
-and concatenated to z before decoding.
+and concatenated to z before decoding; with `conditioning="film"` every decoder level also applies a
+learned per-class scale and shift (FiLM), so the label reaches each level and cannot be ignored.
+Latent prior: with `latent_prior="fitted"` the model carries a Gaussian per class fitted to the
+encoded training images (`fit_latent_prior`) and samples are drawn from it instead of N(0, I).
 """
 
 from __future__ import annotations
@@ -93,6 +96,19 @@ class Encoder(nn.Module):
         return Posterior(self.to_mu(f), self.to_logvar(f))
 
 
+class FiLM(nn.Module):
+    """Per-class scale and shift of a feature map: h * (1 + gamma_y) + beta_y (identity at init)."""
+
+    def __init__(self, num_classes: int, channels: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(num_classes, 2 * channels, bias=False)
+        nn.init.zeros_(self.proj.weight)
+
+    def forward(self, h: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
+        gamma, beta = self.proj(onehot.to(h.dtype)).chunk(2, dim=1)  # (B, C) each
+        return h * (1 + gamma[:, :, None, None]) + beta[:, :, None, None]
+
+
 class Decoder(nn.Module):
     """z (B, D[+K]) -> logits (B, C, H, W); mirrors the encoder level by level."""
 
@@ -101,25 +117,32 @@ class Decoder(nn.Module):
         widths = list(cfg.hidden_channels)
         self.start_shape = (widths[-1], *sizes[-1])
         self.fc = nn.Linear(cfg.latent_dim + (cfg.num_classes or 0), widths[-1] * sizes[-1][0] * sizes[-1][1])
-        layers: list[nn.Module] = []
+        self.ups, self.norms, self.films = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
         out_widths = widths[-2::-1] + [widths[0]]  # decoder widths after each upsampling level
         in_ch = widths[-1]
+        film = cfg.conditional and cfg.conditioning == "film"
         for level, out_ch in enumerate(out_widths):
             th, tw = sizes[-2 - level]  # target size of this level = encoder's input size there
             # ConvTranspose2d(k=3, s=2, p=1) gives 2n - 1 + output_padding; pick it to land on (th, tw).
             pad = (1 - th % 2, 1 - tw % 2)
-            layers += [
-                nn.ConvTranspose2d(in_ch, out_ch, kernel_size=3, stride=2, padding=1, output_padding=pad),
-                nn.GroupNorm(_groups(out_ch), out_ch),
-                nn.SiLU(),
-            ]
+            self.ups.append(
+                nn.ConvTranspose2d(in_ch, out_ch, kernel_size=3, stride=2, padding=1, output_padding=pad)
+            )
+            self.norms.append(nn.GroupNorm(_groups(out_ch), out_ch))
+            if film:
+                self.films.append(FiLM(cfg.num_classes or 0, out_ch))
             in_ch = out_ch
-        self.features = nn.Sequential(*layers)
         self.to_pixels = nn.Conv2d(in_ch, cfg.channels, kernel_size=3, padding=1)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, onehot: torch.Tensor | None = None) -> torch.Tensor:
+        """z (B, D[+K]) with the one-hot labels (B, K) appended already; `onehot` again for FiLM."""
         h = self.fc(z).view(z.shape[0], *self.start_shape)  # (B, C_last, h, w)
-        return self.to_pixels(self.features(h))  # (B, C, H, W) logits
+        for level, (up, norm) in enumerate(zip(self.ups, self.norms, strict=True)):
+            h = norm(up(h))  # (B, C_level, H_level, W_level)
+            if len(self.films) and onehot is not None:
+                h = self.films[level](h, onehot)
+            h = F.silu(h)
+        return self.to_pixels(h)  # (B, C, H, W) logits
 
 
 _ACTIVATIONS = {"sigmoid": torch.sigmoid, "tanh": torch.tanh, "linear": lambda t: t}
@@ -138,6 +161,12 @@ class VAE(nn.Module):
         self.encoder = Encoder(cfg)
         self.decoder = Decoder(cfg, self.encoder.sizes)
         self._activation = _ACTIVATIONS[cfg.output_activation]
+        if cfg.latent_prior == "fitted":
+            groups, d = cfg.num_classes or 1, cfg.latent_dim
+            # Per class (one group if unconditional): mean (G, D) and Cholesky factor (G, D, D) of the
+            # aggregate posterior; N(0, I) until `fit_latent_prior` runs. Saved with the weights.
+            self.register_buffer("prior_loc", torch.zeros(groups, d))
+            self.register_buffer("prior_scale_tril", torch.eye(d).repeat(groups, 1, 1))
 
     # ----------------------------------------------------------------- helpers
     @property
@@ -184,7 +213,7 @@ class VAE(nn.Module):
         onehot = self._one_hot(y, z.shape[0])
         if onehot is not None:
             z = torch.cat([z, onehot.to(z.dtype)], dim=1)
-        return self.decoder(z)
+        return self.decoder(z, onehot)
 
     def decode(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """p(x|z[, y]) mean: images (B, C, H, W) in the data range of the output activation."""
@@ -203,6 +232,63 @@ class VAE(nn.Module):
         """Reconstruction + beta * KL per sample, averaged over the batch (see `vae.losses`)."""
         return vae_loss(x, out, self.cfg)
 
+    def draw_latents(
+        self, eps: torch.Tensor, labels: torch.Tensor | None = None, temperature: float = 1.0
+    ) -> torch.Tensor:
+        """Map standard normal draws eps (n, D) to latents of the model's sampling prior.
+
+        "standard": z = temperature * eps. "fitted": z = loc_y + temperature * L_y @ eps, the Gaussian
+        fitted to the encoded training images of class y (of all images if unconditional).
+        Works on eps's device and dtype; returns (n, D).
+        """
+        if self.cfg.latent_prior != "fitted":
+            return temperature * eps
+        loc = self.prior_loc.to(eps.device, eps.dtype)  # (G, D)
+        tril = self.prior_scale_tril.to(eps.device, eps.dtype)  # (G, D, D)
+        g = labels.to(eps.device).long() if labels is not None and self.cfg.conditional else None
+        if g is None:
+            g = torch.zeros(eps.shape[0], dtype=torch.long, device=eps.device)
+        return loc[g] + temperature * torch.einsum("nij,nj->ni", tril[g], eps)
+
+    @torch.no_grad()
+    def fit_latent_prior(self, images: torch.Tensor, labels: torch.Tensor | None, batch: int = 1024) -> None:
+        """Fit the "fitted" prior: per class, the mean and covariance of the aggregate posterior.
+
+        Cov = Cov(mu) + mean(sigma^2) over the class's images, shrunk 1% towards its diagonal and
+        floored at 1e-4 so the Cholesky factor exists; a class with < 2 images keeps N(mean, I).
+
+        Args:
+            images: the training images (N, C, H, W) in the model's range.
+            labels: (N,) class indices (required for a conditional model).
+            batch: encoder batch size.
+        """
+        if self.cfg.latent_prior != "fitted":
+            raise ValueError("fit_latent_prior needs model.latent_prior='fitted'")
+        was_training = self.training
+        self.eval()
+        mus, variances = [], []
+        for lo in range(0, len(images), batch):
+            y = labels[lo : lo + batch] if self.cfg.conditional and labels is not None else None
+            post = self.encode(images[lo : lo + batch].to(self.device), y)
+            mus.append(post.mu.float().cpu())
+            variances.append(post.logvar.float().exp().cpu())
+        mu, var = torch.cat(mus), torch.cat(variances)  # (N, D) each
+        groups = labels.cpu().long() if self.cfg.conditional and labels is not None else torch.zeros(len(mu))
+        d = mu.shape[1]
+        for g in range(self.prior_loc.shape[0]):
+            sel = groups == g
+            loc, cov = torch.zeros(d), torch.eye(d)
+            if int(sel.sum()) >= 2:
+                m, v = mu[sel].double(), var[sel].double()
+                loc = m.mean(0)
+                cov = torch.cov(m.T).reshape(d, d) + torch.diag(v.mean(0))
+                cov = 0.99 * cov + 0.01 * torch.diag(torch.diagonal(cov)) + 1e-4 * torch.eye(d)
+            elif int(sel.sum()) == 1:
+                loc = mu[sel][0].double()
+            self.prior_loc[g] = loc.to(self.prior_loc)
+            self.prior_scale_tril[g] = torch.linalg.cholesky(cov.double()).to(self.prior_scale_tril)
+        self.train(was_training)
+
     @torch.no_grad()
     def sample(
         self,
@@ -211,7 +297,7 @@ class VAE(nn.Module):
         generator: torch.Generator | None = None,
         temperature: float = 1.0,
     ) -> Samples:
-        """Draw n images from the prior z ~ N(0, temperature^2 I).
+        """Draw n images from the sampling prior (see `draw_latents`) at `temperature`.
 
         Args:
             n: number of images.
@@ -222,9 +308,10 @@ class VAE(nn.Module):
         Returns:
             `Samples` with images (n, C, H, W), the decoded z (n, D) and the labels.
         """
-        z = temperature * torch.randn(
+        eps = torch.randn(
             (n, self.cfg.latent_dim), generator=generator, device=self.device, dtype=self.fc_dtype
         )
+        z = self.draw_latents(eps, labels, temperature)
         return Samples(images=self.decode(z, labels), z=z, labels=labels)
 
     @torch.no_grad()

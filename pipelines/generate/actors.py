@@ -76,6 +76,11 @@ class ShardWriter:
         tune_allocator()
         device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
         self.model = load_model(model_dir, map_location=device, storage_options=model_storage_options)
+        self.judge = None
+        if job.curation_threshold is not None:
+            from pipelines.usefulness.judge import load_judge
+
+            self.judge = load_judge(model_dir, model_storage_options, map_location=device)
         self.job = job
         self.sources = sources
         self.fs, self.root = open_fs(output_url, storage_options)
@@ -105,11 +110,18 @@ class ShardWriter:
 
     @classmethod
     def in_process(
-        cls, model: VAE, job: JobSpec, sources: SourceImages | None, fs: AbstractFileSystem, root: str
+        cls,
+        model: VAE,
+        job: JobSpec,
+        sources: SourceImages | None,
+        fs: AbstractFileSystem,
+        root: str,
+        judge: torch.nn.Module | None = None,
     ) -> ShardWriter:
-        """A writer around an already loaded model, for the single-process path (no Ray)."""
+        """A writer around an already loaded model (and judge), for the single-process path (no Ray)."""
         self = cls.__new__(cls)
         self.model, self.job, self.sources, self.fs, self.root = model, job, sources, fs, root
+        self.judge = judge
         return self
 
     def write(self, spec: ShardSpec) -> ShardStats:
@@ -121,7 +133,7 @@ class ShardWriter:
         Returns:
             Its `ShardStats` (with this process's id and peak RSS).
         """
-        return write_shard(self.model, self.job, spec, self.sources, self.fs, self.root)
+        return write_shard(self.model, self.job, spec, self.sources, self.fs, self.root, self.judge)
 
     def ready(self) -> str:
         """Round trip used to wait for the actor to start; returns the decoder's device."""

@@ -80,6 +80,7 @@ def dataset_card(manifest: dict[str, Any]) -> str:
             *[f"| {k} | {v} |" for k, v in manifest["per_class"].items()],
         ]
         lines.append("")
+    lines += usefulness_section(manifest.get("usefulness") or {}, manifest.get("curation") or {})
     lines += [
         "## Columns",
         "",
@@ -107,4 +108,51 @@ def dataset_card(manifest: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["dataset_card", "features_yaml"]
+def usefulness_section(report: dict[str, Any], curation: dict[str, Any]) -> list[str]:
+    """Card lines: the usefulness headline (a warning when the set hurts), figures, curation."""
+    lines = ["## Usefulness", ""]
+    if "headline" not in report:
+        lines += [f"Not measured: {report.get('skipped') or 'no report'}.", ""]
+    else:
+        mean, spread = report["mean_accuracy"], report["spread_accuracy"]
+        lines += [
+            f"**{report['headline']}**",
+            "",
+            f"Measured on {report['images']['heldout']} real held-out images the VAE never trained on, "
+            f"with a small CNN trained {report['recipe']['steps']} steps per run, {report['seeds']} seed(s) "
+            f"per condition ({report['images']['synthetic']} synthetic rows sampled).",
+            "",
+            "| figure | value |",
+            "|---|---|",
+            f"| label fidelity (judge agrees with the requested label) | {report['label_fidelity']:.3f} |",
+            f"| mean judge confidence in the requested label | {report['confidence']:.3f} |",
+            f"| CAS (synthetic-only accuracy / real-only) | {report['cas']:.3f} |",
+            f"| Fréchet distance to held-out (judge features) | {report['frechet']:.4g} |",
+            f"| Fréchet floor (real train vs held-out) | {report['frechet_floor']:.4g} |",
+            f"| Fréchet ratio (1 = as close as real data) | {report['frechet_ratio']:.2f} |",
+            f"| augmentation gain (points) | {100 * report['gain']:+.1f} |",
+            "",
+            "| downstream training data | accuracy (mean ± half-range) |",
+            "|---|---|",
+            *[f"| {c} | {100 * mean[c]:.1f} ± {100 * spread[c]:.1f}% |" for c in mean],
+            "",
+            "![synthetic images per class beside real held-out ones](usefulness.png)",
+            "",
+        ]
+    if curation:
+        lines += [
+            f"Curated: a sampled image was kept only when the judge gave its label >= "
+            f"{curation['threshold']} (rejected draws were redrawn).",
+            "",
+            "| class | acceptance rate | kept below threshold |",
+            "|---|---|---|",
+            *[
+                f"| {k} | {v['acceptance_rate']:.3f} | {v['fallback']} |"
+                for k, v in curation["per_class"].items()
+            ],
+            "",
+        ]
+    return lines
+
+
+__all__ = ["dataset_card", "features_yaml", "usefulness_section"]

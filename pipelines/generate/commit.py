@@ -31,8 +31,10 @@ from pipelines.generate.shard import DATA_DIR, ShardStats
 MARKER = "_SUCCESS"
 MANIFEST = "manifest.json"
 CARD = "README.md"
+#: Per class: synthetic images beside real held-out ones, with the usefulness report's label fidelity.
+PICTURE = "usefulness.png"
 #: Entries of a dataset directory that belong to us (anything else there is the user's).
-OWN_ENTRIES = (MARKER, MANIFEST, CARD, DATA_DIR)
+OWN_ENTRIES = (MARKER, MANIFEST, CARD, PICTURE, DATA_DIR)
 _VERSION = re.compile(r"^v(\d+)$")
 _PROBE_PREFIX = ".vaeaug-write-probe-"
 
@@ -252,6 +254,7 @@ __all__ = [
     "MANIFEST",
     "MARKER",
     "OWN_ENTRIES",
+    "PICTURE",
     "OutputTarget",
     "commit",
     "is_committed",

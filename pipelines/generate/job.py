@@ -25,25 +25,36 @@ from tqdm.auto import tqdm
 
 from pipelines.config import PipelineConfig
 from pipelines.data.imageset import ImageSet
-from pipelines.errors import ModelError
+from pipelines.errors import DataError, ModelError
 from pipelines.generate.actors import ShardWriter
 from pipelines.generate.card import dataset_card
 from pipelines.generate.commit import (
+    PICTURE,
     commit,
+    join,
     prepare_output,
     redact_url,
     resolve_output,
     verify_files,
 )
 from pipelines.generate.fanout import run_local, run_on_ray
-from pipelines.generate.plan import JobPlan, make_plan, needs_real_data, source_images, validate_request
+from pipelines.generate.plan import (
+    JobPlan,
+    class_names_for,
+    make_plan,
+    needs_real_data,
+    source_images,
+    validate_request,
+)
 from pipelines.generate.png import backend_version, default_backend
 from pipelines.generate.schema import arrow_schema, hf_features, row_group_rows
 from pipelines.generate.shard import JobSpec, ShardStats
 from vae.io import ModelFileError, load_model, read_model_config
 
 if TYPE_CHECKING:
-    pass
+    from pipelines.usefulness.classifier import SmallCNN
+    from pipelines.usefulness.dataset import RealSplits
+    from pipelines.usefulness.report import UsefulnessReport
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +79,10 @@ class GenerateResult:
         cpu_seconds: CPU time the writers spent on shards (all processes; a contention-free cost).
         num_actors: writers used (0: in-process).
         peak_rss_mb: "driver", "writers_max" and "writers_total" peak resident memory.
+        usefulness: the usefulness report (`UsefulnessReport.to_dict()`), or None when not measured.
+        usefulness_note: why there is no report, when there is none.
+        curation: per-class acceptance of the curated rows (empty without curation).
+        picture_path: URL of the per-class picture (`usefulness.png`), or None.
     """
 
     dataset_dir: str
@@ -82,6 +97,10 @@ class GenerateResult:
     startup_seconds: float = 0.0
     cpu_seconds: float = 0.0
     peak_rss_mb: dict[str, float] = field(default_factory=dict)
+    usefulness: dict[str, Any] | None = None
+    usefulness_note: str | None = None
+    curation: dict[str, Any] = field(default_factory=dict)
+    picture_path: str | None = None
 
 
 def _package_version() -> str:
@@ -113,7 +132,8 @@ def _content_config(cfg: PipelineConfig) -> dict[str, Any]:
     g = cfg.generate
     keys = (
         "num_samples per_class variants_per_image variant_temperature variant_limit interpolations "
-        "interpolation_steps temperature seed shard_size batch_size png_compression"
+        "interpolation_steps temperature seed shard_size batch_size png_compression "
+        "curation_threshold curation_max_rounds"
     ).split()
     return {k: getattr(g, k) for k in keys}
 
@@ -132,7 +152,14 @@ def _sanitized_config(cfg: PipelineConfig) -> dict[str, Any]:
     return clean(tree)
 
 
-def _job_spec(cfg: PipelineConfig, model: Any, meta: dict[str, Any], plan: JobPlan, data: ImageSet | None):
+def _job_spec(
+    cfg: PipelineConfig,
+    model: Any,
+    meta: dict[str, Any],
+    plan: JobPlan,
+    data: ImageSet | None,
+    judge_sha: str | None,
+):
     """(JobSpec, provenance) of the job; the job id hashes everything that decides the content."""
     fingerprint = data.fingerprint() if (data is not None and plan.needs_sources) else None
     content = {
@@ -140,6 +167,8 @@ def _job_spec(cfg: PipelineConfig, model: Any, meta: dict[str, Any], plan: JobPl
         "generate": _content_config(cfg),
         "data_fingerprint": fingerprint,
     }
+    if judge_sha is not None:  # curated rows depend on the judge
+        content["judge_sha256"] = judge_sha
     png_backend = default_backend()
     content["png_backend"] = png_backend
     job_id = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:12]
@@ -152,6 +181,7 @@ def _job_spec(cfg: PipelineConfig, model: Any, meta: dict[str, Any], plan: JobPl
         "seed": cfg.generate.seed,
         "generate": _content_config(cfg),
         "data_fingerprint": fingerprint,
+        "judge_sha256": judge_sha,
         "class_names": plan.class_names,
         "vaeaug_version": _package_version(),
         "torch_version": torch.__version__.split("+")[0],
@@ -172,6 +202,8 @@ def _job_spec(cfg: PipelineConfig, model: Any, meta: dict[str, Any], plan: JobPl
         row_group_rows=row_group_rows(model.cfg.image_shape, model.cfg.latent_dim, g.shard_size),
         schema=schema,
         png_backend=png_backend,
+        curation_threshold=g.curation_threshold if judge_sha is not None else None,
+        curation_max_rounds=g.curation_max_rounds,
     )
     return job, provenance
 
@@ -234,6 +266,88 @@ def _manifest(
     }
 
 
+@dataclass
+class Judging:
+    """The judge-dependent parts of a job: the real splits, the judge, and why something is off."""
+
+    real: RealSplits | None = None
+    judge: SmallCNN | None = None
+    curate: bool = False
+    judge_sha: str | None = None
+    note: str | None = None  # why there is no usefulness report
+
+
+def _judging(
+    cfg: PipelineConfig, model: Any, model_dir: str, model_opts: dict[str, Any], data: ImageSet | None,
+    class_names: list[str],
+) -> Judging:  # fmt: skip
+    """Train (or reuse) the judge when the report or curation needs it."""
+    from pipelines.usefulness.dataset import real_splits, recipe_of
+    from pipelines.usefulness.judge import ensure_judge, read_judge_info
+
+    curate = cfg.generate.curation_threshold is not None
+    if not (curate or cfg.report.enabled):
+        return Judging(note="usefulness report off (report.enabled=false)")
+    if not model.cfg.conditional:
+        return Judging(
+            note="no usefulness report or curation: the model is unconditional (no labels to judge)"
+        )
+    assert data is not None
+    if list(data.class_names) != list(class_names):
+        raise DataError(
+            f"the real data's classes {data.class_names[:5]} differ from the model's "
+            f"{class_names[:5]}: use the data the model was trained on (data.source, data.path)"
+        )
+    real = real_splits(cfg, data, model.cfg)
+    note = None
+    if len(real.heldout.images) < 2:
+        note = "no usefulness report: train.val_fraction leaves fewer than 2 held-out images"
+    judge, _ = ensure_judge(
+        model_dir, real.train, class_names, recipe_of(cfg.report), real.fingerprint, model_opts
+    )
+    info = read_judge_info(model_dir, model_opts)
+    sha = info.weights_sha256 if (curate and info is not None) else None
+    return Judging(real=real, judge=judge, curate=curate, judge_sha=sha, note=note)
+
+
+def _measure(
+    cfg: PipelineConfig, judging: Judging, target: Any, stats: list[ShardStats], total: int
+) -> UsefulnessReport | None:
+    """The usefulness report on the written (uncommitted) shards, and the per-class picture."""
+    if judging.note is not None or judging.real is None or judging.judge is None or not cfg.report.enabled:
+        return None
+    from pipelines.usefulness.dataset import report_for_files, usefulness_picture
+
+    paths = [join(target.root, s.path) for s in stats]
+    report, sample = report_for_files(cfg.report, judging.real, target.fs, paths, total, judging.judge)
+    picture = usefulness_picture(report, sample, judging.judge, judging.real)
+    target.fs.pipe_file(join(target.root, PICTURE), picture)
+    return report
+
+
+def _curation_summary(cfg: PipelineConfig, plan: JobPlan, stats: list[ShardStats]) -> dict[str, Any]:
+    """Per class name: candidates tried, accepted, acceptance rate, rows kept below the threshold."""
+    from pipelines.generate.curation import CurationCounts
+
+    total = CurationCounts()
+    for s in stats:
+        if s.curation is not None:
+            total.update(s.curation)
+    if not total.tried:
+        return {}
+    per_class = {
+        plan.class_names[k]: {
+            "tried": total.tried[k],
+            "accepted": total.accepted[k],
+            "acceptance_rate": total.accepted[k] / total.tried[k],
+            "fallback": total.fallback[k],
+        }
+        for k in sorted(total.tried)
+    }
+    g = cfg.generate
+    return {"threshold": g.curation_threshold, "max_rounds": g.curation_max_rounds, "per_class": per_class}
+
+
 def generate(
     cfg: PipelineConfig,
     model_dir: str | None = None,
@@ -241,18 +355,18 @@ def generate(
     progress: bool = True,
     use_ray: bool = True,
 ) -> GenerateResult:
-    """Sample the dataset `cfg.generate` describes and commit it at `cfg.dataset_dir`.
+    """Sample the dataset `cfg.generate` describes, measure its usefulness, and commit it.
 
     Args:
-        cfg: the pipeline config (`generate` settings, `data` for variants/interpolations, `ray`).
+        cfg: the pipeline config (`generate` settings, `data` for variants, interpolations, curation
+            and the report, `report`, `ray`).
         model_dir: the saved model; None: `cfg.model_dir`.
-        data: the real images (in the model's range) for variants and interpolations; None: loaded
-            from `cfg.data` when needed.
+        data: the real images (in the model's range); None: loaded from `cfg.data` when needed.
         progress: show a progress bar (rows done / total, rows/s).
         use_ray: fan out to Ray actors; False writes every shard in this process (same bytes).
 
     Returns:
-        `GenerateResult` describing the committed dataset.
+        `GenerateResult` describing the committed dataset (with its usefulness report).
 
     Raises:
         PipelineError: nothing to generate or an unknown class; `ModelError`: missing/corrupt model or
@@ -263,15 +377,17 @@ def generate(
     g = cfg.generate
     model_opts = _model_storage_options(model_dir, cfg)
     model, meta = _load_model(model_dir, model_opts)
-    class_names = meta.get("extra", {}).get("class_names")
+    class_names = class_names_for(model.cfg, meta.get("extra", {}).get("class_names"))
     validate_request(g, model.cfg, class_names)
     target = resolve_output(cfg.dataset_dir, g.if_exists, g.storage_options)
-    if needs_real_data(g) and data is None:
+    judged = model.cfg.conditional and (cfg.report.enabled or g.curation_threshold is not None)
+    if (needs_real_data(g) or judged) and data is None:
         from pipelines.data import load_images
 
         data = load_images(cfg.data, model.cfg)
     plan = make_plan(g, model.cfg, class_names, data)
-    job, provenance = _job_spec(cfg, model, meta, plan, data)
+    judging = _judging(cfg, model, model_dir, model_opts, data, class_names)
+    job, provenance = _job_spec(cfg, model, meta, plan, data, judging.judge_sha)
     sources = source_images(plan, data) if (plan.needs_sources and data is not None) else None
     info = None
     if use_ray:  # connect before touching the output: a failed connection must not cost the old dataset
@@ -287,17 +403,28 @@ def generate(
                 cfg, info, plan, job, target, model_dir, model_opts, sources, bar
             )
         else:
-            writer = ShardWriter.in_process(model, job, sources, target.fs, target.root)
+            writer = ShardWriter.in_process(model, job, sources, target.fs, target.root, judging.judge)
             stats, n_actors, startup = run_local(plan, writer, bar), 0, 0.0
     verify_files(target, stats)
+    report = _measure(cfg, judging, target, stats, plan.total_rows)
     manifest = _manifest(cfg, plan, job, provenance, stats, model, model_dir, created_at)
+    manifest["curation"] = _curation_summary(cfg, plan, stats)
+    manifest["usefulness"] = report.to_dict() if report is not None else {"skipped": judging.note}
     manifest_path = commit(target, manifest, dataset_card(manifest))
     seconds = time.perf_counter() - t_start - startup
+    log.info("committed %d rows to %s in %.1f s", manifest["rows"], redact_url(target.url), seconds)
+    return _result(target, manifest, manifest_path, stats, seconds, n_actors, startup, report is not None)
+
+
+def _result(
+    target: Any, manifest: dict[str, Any], manifest_path: str, stats: list[ShardStats], seconds: float,
+    n_actors: int, startup: float, has_picture: bool,
+) -> GenerateResult:  # fmt: skip
     peaks: dict[int, float] = {}
     for s in stats:
         peaks[s.pid] = max(peaks.get(s.pid, 0.0), s.peak_rss_mb)
     driver_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    log.info("committed %d rows to %s in %.1f s", manifest["rows"], redact_url(target.url), seconds)
+    usefulness = manifest["usefulness"]
     return GenerateResult(
         dataset_dir=target.url,
         rows=manifest["rows"],
@@ -315,6 +442,10 @@ def generate(
             "writers_max": max(peaks.values(), default=0.0),
             "writers_total": sum(peaks.values()) if n_actors else 0.0,
         },
+        usefulness=None if "skipped" in usefulness else usefulness,
+        usefulness_note=usefulness.get("skipped"),
+        curation=manifest["curation"],
+        picture_path=join(target.url, PICTURE) if has_picture else None,
     )
 
 

@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 import torch
 from fsspec import AbstractFileSystem
 
+from pipelines.generate.curation import CurationCounts, curated_latents
 from pipelines.generate.plan import Piece, ShardSpec, SourceImages
 from pipelines.generate.png import PNGEncoder
 from pipelines.generate.schema import COMPRESSION, IMAGE_TYPE
@@ -48,6 +49,9 @@ class JobSpec:
         row_group_rows: rows per Parquet row group.
         schema: the Arrow schema (with metadata) of every file.
         png_backend: deflate library of the PNGs ("zlib" or "zlib-ng"), the same for every worker.
+        curation_threshold: keep "prior"/"class" rows only when the judge gives their label at least
+            this probability (redrawing the others); None: no curation.
+        curation_max_rounds: redraw rounds before a row keeps its best candidate.
     """
 
     job_id: str
@@ -62,6 +66,8 @@ class JobSpec:
     row_group_rows: int
     schema: pa.Schema
     png_backend: str = "zlib"
+    curation_threshold: float | None = None
+    curation_max_rounds: int = 50
 
 
 @dataclass
@@ -80,6 +86,7 @@ class ShardStats:
     cpu_seconds: float = 0.0  # CPU time of the writing process (all its threads) for this shard
     peak_rss_mb: float = 0.0  # of the writing process so far
     pid: int = 0  # the writing process
+    curation: CurationCounts | None = None  # per class: tried / accepted / fallback (curated jobs)
 
 
 def shard_path(index: int, num_shards: int) -> str:
@@ -119,17 +126,48 @@ def _encode_mu(model: VAE, src: SourceImages, idx: torch.Tensor, batch: int) -> 
     return torch.cat(mus), torch.cat(logvars)
 
 
-def _piece_rows(model: VAE, job: JobSpec, piece: Piece, gen: torch.Generator, src: SourceImages | None):
+def _sampled_rows(model: VAE, job: JobSpec, piece: Piece, gen: torch.Generator, curate: Curate | None):
+    """(z (n, D), labels (n,) or None) of a "prior" or "class" piece."""
+    n, d = piece.count, model.cfg.latent_dim
+    k_classes = model.cfg.num_classes
+    labels = None
+    if k_classes is not None:
+        rows = torch.arange(piece.offset, piece.offset + n)  # (n,) positions within the segment
+        labels = rows % k_classes if piece.method == "prior" else torch.full((n,), int(piece.label or 0))
+    if curate is not None and labels is not None and job.curation_threshold is not None:
+        z, counts = curated_latents(
+            model, curate.judge, labels, gen, job.temperature, job.curation_threshold,
+            job.batch_size, job.curation_max_rounds,
+        )  # fmt: skip
+        curate.counts.update(counts)
+        return z, labels
+    eps = torch.randn((n, d), generator=gen)  # (n, D)
+    return model.draw_latents(eps, labels, job.temperature).float().cpu(), labels
+
+
+@dataclass
+class Curate:
+    """The judge of a curated job and the counts of the shard being written."""
+
+    judge: torch.nn.Module
+    counts: CurationCounts = field(default_factory=CurationCounts)
+
+
+def _piece_rows(
+    model: VAE,
+    job: JobSpec,
+    piece: Piece,
+    gen: torch.Generator,
+    src: SourceImages | None,
+    curate: Curate | None,
+):
     """(z (n, D), labels (n,) or None, source ids, target ids) of one piece, drawing from `gen`."""
     n, d = piece.count, model.cfg.latent_dim
     k_classes = model.cfg.num_classes
     rows = torch.arange(piece.offset, piece.offset + n)  # (n,) positions within the segment
     none: list[str | None] = [None] * n
     if piece.method in ("prior", "class"):
-        z = job.temperature * torch.randn((n, d), generator=gen)  # (n, D)
-        if k_classes is None:
-            return z, None, none, none
-        labels = rows % k_classes if piece.method == "prior" else torch.full((n,), int(piece.label or 0))
+        z, labels = _sampled_rows(model, job, piece, gen, curate)
         return z, labels, none, none
     assert src is not None, "variant/interpolation rows need the source images"
     if piece.method == "variant":
@@ -159,7 +197,9 @@ def _piece_rows(model: VAE, job: JobSpec, piece: Piece, gen: torch.Generator, sr
 
 
 @torch.inference_mode()
-def shard_rows(model: VAE, job: JobSpec, spec: ShardSpec, sources: SourceImages | None) -> ShardRows:
+def shard_rows(
+    model: VAE, job: JobSpec, spec: ShardSpec, sources: SourceImages | None, curate: Curate | None = None
+) -> ShardRows:
     """The latents, labels and provenance columns of every row of a shard (nothing decoded yet).
 
     Args:
@@ -167,6 +207,7 @@ def shard_rows(model: VAE, job: JobSpec, spec: ShardSpec, sources: SourceImages 
         job: the job's shared settings.
         spec: which rows.
         sources: the real images, for variant and interpolation rows.
+        curate: the judge (and counts) when `job.curation_threshold` is set.
 
     Returns:
         `ShardRows` with z (N, D) float32 on the CPU.
@@ -174,7 +215,7 @@ def shard_rows(model: VAE, job: JobSpec, spec: ShardSpec, sources: SourceImages 
     gen = shard_generator(job.seed, spec.index)
     zs, labels, methods, sources_ids, target_ids = [], [], [], [], []
     for piece in spec.pieces:
-        z, y, a, b = _piece_rows(model, job, piece, gen, sources)
+        z, y, a, b = _piece_rows(model, job, piece, gen, sources, curate)
         zs.append(z.float())
         labels.append(y)
         methods += [piece.method] * piece.count
@@ -242,6 +283,7 @@ def write_shard(
     sources: SourceImages | None,
     fs: AbstractFileSystem,
     root: str,
+    judge: torch.nn.Module | None = None,
 ) -> ShardStats:
     """Generate shard `spec` and write it to `<root>/data/part-XXXXX-of-YYYYY.parquet`.
 
@@ -255,12 +297,14 @@ def write_shard(
         sources: the real images (variants / interpolations), or None.
         fs: the output filesystem.
         root: the dataset directory in `fs`'s notation.
+        judge: the real-trained classifier for a curated job (`job.curation_threshold` set).
 
     Returns:
-        `ShardStats` (row count, size, sha256, label and method counts).
+        `ShardStats` (row count, size, sha256, label and method counts, curation counts).
     """
     t0, cpu0 = time.perf_counter(), time.process_time()
-    rows = shard_rows(model, job, spec, sources)
+    curate = Curate(judge) if (judge is not None and job.curation_threshold is not None) else None
+    rows = shard_rows(model, job, spec, sources, curate)
     n = rows.z.shape[0]
     c, h, w = model.cfg.image_shape
     encoder = PNGEncoder(c, h, w, job.png_compression, job.png_backend)
@@ -300,6 +344,7 @@ def write_shard(
         cpu_seconds=time.process_time() - cpu0,
         peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         pid=os.getpid(),
+        curation=curate.counts if curate is not None else None,
     )
 
 

@@ -53,8 +53,9 @@ def export_trained_model(
     history: Sequence[dict[str, Any]],
     preview: ImageSet,
     resumed_from_epoch: int = 0,
+    train: ImageSet | None = None,
 ) -> TrainResult:
-    """Write the model and its reports to `cfg.model_dir`.
+    """Fit the sampling prior (`latent_prior="fitted"`), then write the model and its reports.
 
     Args:
         model: the trained VAE (unwrapped, any device).
@@ -64,11 +65,16 @@ def export_trained_model(
         history: one metrics dict per epoch (keys: epoch, train_loss, val_loss, ...).
         preview: held-out images for the reconstruction rows of the grid.
         resumed_from_epoch: epochs that were restored from a checkpoint rather than run now.
+        train: the training split the fitted prior is fitted to (required for a "fitted" prior).
 
     Returns:
         `TrainResult` with the model location and checksum.
     """
     model = model.eval()
+    if model.cfg.latent_prior == "fitted":
+        if train is None:
+            raise ValueError("a model with latent_prior='fitted' needs its training images to export")
+        model.fit_latent_prior(train.images, train.labels)
     extra = {
         "class_names": list(class_names),
         "data_fingerprint": data_fingerprint,

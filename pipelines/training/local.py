@@ -3,6 +3,7 @@ and the quick path for small data."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 import torch
@@ -39,8 +40,12 @@ def fit_local(
     optimizer = make_optimizer(model, t.lr, t.weight_decay)
     shuffle = torch.Generator().manual_seed(t.seed)
     history: list[dict[str, float]] = []
+    passes = t.passes_per_epoch(len(train_set))
     for epoch in range(1, t.epochs + 1):
-        batches = iterate_batches(train_set.images, train_set.labels, t.batch_size, True, shuffle)
+        batches = itertools.chain.from_iterable(
+            iterate_batches(train_set.images, train_set.labels, t.batch_size, True, shuffle)
+            for _ in range(passes)
+        )
         train = train_epoch(model, optimizer, batches)
         val = None
         if len(val_set):
@@ -52,5 +57,7 @@ def fit_local(
     result = None
     if export:
         preview = val_set if len(val_set) else train_set
-        result = export_trained_model(model, cfg, data.class_names, data.fingerprint(), history, preview)
+        result = export_trained_model(
+            model, cfg, data.class_names, data.fingerprint(), history, preview, train=train_set
+        )
     return model, history, result

@@ -199,6 +199,7 @@ def train_distributed(
         "metrics_uri": f"{storage}/{run_name}/{METRICS_FILE}",
         "queue": queue,
         "threads": cpus,
+        "passes": t.passes_per_epoch(len(train_set)),
     }
     datasets = None
     if _stream(t, data):
@@ -253,6 +254,7 @@ def train_distributed(
         state.history,
         val_set if len(val_set) else train_set,
         resumed_from_epoch=starts[0] if starts else int(info.get("resumed_from_epoch", 0)),
+        train=train_set,
     )
     return DistributedTrainResult(
         **vars(exported),

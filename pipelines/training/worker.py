@@ -48,6 +48,7 @@ VAL_BATCH = 1024
 #   queue: a ray.util.queue.Queue for the driver (rank 0 puts {"event": "start", "epoch": k}, then
 #          each epoch's row), or None
 #   threads: torch intra-op threads per worker
+#   passes: passes over the training split per epoch (`TrainConfig.passes_per_epoch`; 1 if absent)
 
 
 def _seed_epoch(seed: int, epoch: int, rank: int) -> None:
@@ -227,9 +228,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     has_val = bool(config["has_val"])
     queue = config.get("queue") if rank == 0 else None
     _tell(queue, {"event": "start", "epoch": start_epoch})
+    passes = int(config.get("passes", 1))
     for epoch in range(start_epoch + 1, t.epochs + 1):
         _seed_epoch(t.seed, epoch, rank)
-        train = train_epoch(model, optimizer, shards.train_batches(t.seed, epoch), autocast_dtype)
+        # An epoch is `passes` passes; pass p of epoch e shuffles as data epoch (e - 1) * passes + p + 1.
+        batches = itertools.chain.from_iterable(
+            shards.train_batches(t.seed, (epoch - 1) * passes + p + 1) for p in range(passes)
+        )
+        train = train_epoch(model, optimizer, batches, autocast_dtype)
         val = _evaluate_shard(model, shards.val_batches(), t.seed + rank) if has_val else None
         train, val = _reduce(train, val, device)
         row = epoch_row(epoch, train, val, train.samples_per_s)

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from pipelines.config import GenerateConfig, PipelineConfig, RayConfig
+from pipelines.config import GenerateConfig, PipelineConfig, RayConfig, ReportConfig
 from pipelines.data import DataConfig, ImageSet, load_images
 from vae.config import VAEConfig
 from vae.io import save_model
@@ -34,14 +34,25 @@ def digits(model_dir: str, limit: int = 60) -> ImageSet:
     return load_images(DataConfig(source="digits", limit=limit), cfg)
 
 
-def make_cfg(output: str, **generate: Any) -> PipelineConfig:
-    """A pipeline config writing to `output`, small shards and batches by default."""
-    settings: dict[str, Any] = {"num_samples": 40, "shard_size": 16, "batch_size": 8, "output": output}
+def make_cfg(output: str, report: ReportConfig | None = None, **generate: Any) -> PipelineConfig:
+    """A pipeline config writing to `output`, small shards and batches by default.
+
+    Curation and the usefulness report are off unless asked for (`curation_threshold=...`,
+    `report=ReportConfig(...)`): their own tests cover them.
+    """
+    settings: dict[str, Any] = {
+        "num_samples": 40,
+        "shard_size": 16,
+        "batch_size": 8,
+        "output": output,
+        "curation_threshold": None,
+    }
     settings.update(generate)
     return PipelineConfig(
         data=DataConfig(source="digits", limit=60),
         generate=GenerateConfig(**settings),
         ray=RayConfig(num_cpus=4),
+        report=report or ReportConfig(enabled=False),
     )
 
 

@@ -1,0 +1,95 @@
+"""The usefulness figures on cases with a known answer."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from pipelines.usefulness.classifier import Pool, train_classifier
+from pipelines.usefulness.metrics import frechet_distance, label_fidelity
+from pipelines.usefulness.report import UsefulnessReport, usefulness_report
+from tests.pipelines.usefulness.conftest import QUICK
+
+NAMES = [str(k) for k in range(10)]
+
+
+@pytest.fixture(scope="module")
+def real_as_synthetic(digit_pools) -> UsefulnessReport:
+    """The real training set itself scored as the "synthetic" set."""
+    p = digit_pools
+    return usefulness_report(p["train"], p["heldout"], p["train"], NAMES, recipe=QUICK, seeds=2)
+
+
+def test_real_training_set_as_synthetic_gives_cas_and_frechet_ratio_one(real_as_synthetic):
+    r = real_as_synthetic
+    assert r.cas == pytest.approx(
+        1.0, abs=0.03
+    )  # the same recipe on the same images (seed 0 vs the seeds mean)
+    assert r.frechet_ratio == pytest.approx(1.0, abs=1e-9)
+    assert r.label_fidelity > 0.9  # the judge knows its own training images
+    assert r.mean("real") > 0.85
+
+
+def test_other_real_images_as_synthetic_score_like_real_data(digit_pools):
+    p = digit_pools
+    r = usefulness_report(p["train"], p["heldout"], p["other"], NAMES, recipe=QUICK, seeds=1)
+    assert 0.9 <= r.cas <= 1.1
+    assert 0.5 <= r.frechet_ratio <= 2.0
+    assert r.label_fidelity > 0.85
+
+
+def test_noise_images_get_label_fidelity_one_in_k(digit_pools):
+    p = digit_pools
+    judge = train_classifier(p["train"], None, 10, QUICK, seed=0)
+    gen = torch.Generator().manual_seed(1)
+    noise = Pool(torch.rand((2000, 1, 8, 8), generator=gen), torch.arange(2000) % 10)
+    fid = label_fidelity(judge, noise)
+    assert fid.overall == pytest.approx(0.1, abs=0.03)
+    assert set(fid.per_class) == set(range(10))
+
+
+def test_noise_as_synthetic_is_reported_as_hurting(digit_pools):
+    p = digit_pools
+    gen = torch.Generator().manual_seed(2)
+    noise = Pool(torch.rand((1000, 1, 8, 8), generator=gen), torch.arange(1000) % 10)
+    r = usefulness_report(p["train"], p["heldout"], noise, NAMES, recipe=QUICK, seeds=2)
+    assert r.cas < 0.3
+    assert r.frechet_ratio > 5
+    if r.verdict == "hurts":
+        assert r.headline().startswith("WARNING")
+
+
+def test_frechet_distance_of_gaussians_matches_the_closed_form():
+    rng = np.random.default_rng(0)
+    a = rng.normal(0.0, 1.0, size=(20000, 3))
+    b = rng.normal(2.0, 2.0, size=(20000, 3))
+    # ||mu_a - mu_b||^2 + tr(I + 4I - 2 * 2I) = 3 * 4 + 3 * (1 + 4 - 4) = 15
+    assert frechet_distance(a, b) == pytest.approx(15.0, rel=0.05)
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_verdict_and_headline_say_plainly_when_the_set_hurts():
+    base = dict(
+        class_names=NAMES, label_fidelity=0.4, fidelity_per_class={}, confidence=0.5, cas=0.6,
+        frechet=3.0, frechet_floor=1.0, images={"train": 1, "heldout": 1, "synthetic": 1},
+        recipe={"steps": 10}, seeds=2,
+    )  # fmt: skip
+    acc = {"real": [0.83, 0.83], "real+classic": [0.82, 0.84], "real+synth": [0.80, 0.81], "synth": [0.5]}
+    hurt = UsefulnessReport(**base, accuracy={**acc, "real+synth+classic": [0.80, 0.80]}, gain=-0.025)
+    assert hurt.verdict == "hurts"
+    assert "HURTS" in hurt.headline() and hurt.headline().startswith("WARNING")
+    helps = UsefulnessReport(**base, accuracy={**acc, "real+synth+classic": [0.88, 0.88]}, gain=0.05)
+    assert helps.verdict == "helps" and "HELPS" in helps.headline()
+    same = UsefulnessReport(**base, accuracy={**acc, "real+synth+classic": [0.834, 0.834]}, gain=0.004)
+    assert same.verdict == "neutral"
+
+
+def test_report_round_trips_through_its_dict(real_as_synthetic):
+    d = real_as_synthetic.to_dict()
+    back = UsefulnessReport.from_dict(d)
+    assert back == real_as_synthetic
+    assert d["verdict"] in ("helps", "hurts", "neutral") and not math.isnan(d["frechet_ratio"])
+    assert len(d["accuracy"]["real"]) == 2 and len(d["accuracy"]["synth"]) == 1
