@@ -71,14 +71,18 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    """Print held-out quality figures of a trained model on its data's validation split."""
-    from pipelines.stages import evaluate_stage
+    """Print held-out quality figures of a trained model on its data's validation split and, with
+    --dataset, the usefulness report of a committed synthetic dataset (does it help a classifier?)."""
+    from pipelines.stages import evaluate_stage, usefulness_stage
 
     cfg = _config_with_data_shape(args)
     report = evaluate_stage(cfg, model_dir=args.model)
     width = max(map(len, report))
     for key, value in report.items():
         print(f"{key:<{width}}  {value:.4g}" if isinstance(value, float) else f"{key:<{width}}  {value}")
+    if args.dataset:
+        print()
+        print("\n".join(usefulness_stage(cfg, args.dataset, model_dir=args.model)))
     return 0
 
 
@@ -132,6 +136,13 @@ def _add_model_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", metavar="DIR", help="model directory (default: <output_dir>/model)")
 
 
+def _add_evaluate_args(p: argparse.ArgumentParser) -> None:
+    _add_model_arg(p)
+    p.add_argument(
+        "--dataset", metavar="DIR", help="also measure the usefulness of this committed synthetic dataset"
+    )
+
+
 def _add_inspect_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("dataset", help="committed dataset directory (local path or fsspec URL)")
 
@@ -158,7 +169,11 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], Callable, str]] =
     "run": (cmd_run, _with_config(), "run the whole pipeline (train, evaluate, generate, commit) as a flow"),
     "train": (cmd_train, _with_config(), "train the VAE on Ray Train and export it"),
     "generate": (cmd_generate, _with_config(_add_model_arg), "sample and commit a synthetic dataset"),
-    "evaluate": (cmd_evaluate, _with_config(_add_model_arg), "held-out quality of a trained model"),
+    "evaluate": (
+        cmd_evaluate,
+        _with_config(_add_evaluate_args),
+        "held-out quality of a trained model; --dataset: usefulness of a synthetic set",
+    ),
     "inspect": (cmd_inspect, _add_inspect_args, "describe a committed synthetic dataset"),
     "serve": (cmd_serve, _add_serve_args, "serve the pipeline flow on a cron/interval schedule"),
 }

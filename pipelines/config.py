@@ -206,7 +206,7 @@ class GenerateConfig:
     if_exists: Literal["error", "overwrite", "new_version"] = "error"
     png_compression: int = 1
     storage_options: dict[str, Any] = field(default_factory=dict)
-    curation_threshold: float | None = 0.9
+    curation_threshold: float | None = None
     curation_max_rounds: int = 50
 
     def __post_init__(self) -> None:
@@ -538,7 +538,7 @@ def load_config(
     tree = _merge(tree, parse_overrides(overrides or []))
     cfg = build(PipelineConfig, tree)
     given = tree.get("model") or {}
-    cfg.infer_from_data = tuple(key for key in ("image_size", "channels") if key not in given)
+    cfg.infer_from_data = tuple(key for key in ("image_size", "channels", "recon_loss") if key not in given)
     return cfg
 
 

@@ -83,6 +83,33 @@ def evaluate_stage(cfg: PipelineConfig, data: ImageSet | None = None, model_dir:
     return evaluate_saved_model(cfg, data, model_dir).to_dict()
 
 
+def usefulness_stage(
+    cfg: PipelineConfig, dataset_dir: str, data: ImageSet | None = None, model_dir: str | None = None
+) -> list[str]:
+    """The usefulness report of a committed dataset against `cfg`'s real data; console lines.
+
+    The judge saved with the model is reused when it fits the data and `cfg.report`'s recipe.
+    """
+    from pipelines.generate.commit import open_fs
+    from pipelines.readers import open_dataset
+    from pipelines.usefulness.dataset import real_splits, recipe_of, report_for_files
+    from pipelines.usefulness.judge import ensure_judge
+    from vae.io import load_model
+
+    model_dir = model_dir or cfg.model_dir
+    model = load_model(model_dir)
+    data = data if data is not None else load_data(cfg)
+    real = real_splits(cfg, data, model.cfg)
+    if len(real.heldout.images) < 2:
+        return ["usefulness: not measured: train.val_fraction leaves fewer than 2 held-out images"]
+    judge, _ = ensure_judge(model_dir, real.train, real.class_names, recipe_of(cfg.report), real.fingerprint)
+    manifest = open_dataset(dataset_dir, cfg.generate.storage_options)
+    fs, _ = manifest.filesystem()
+    paths = [open_fs(u, cfg.generate.storage_options)[1] for u in manifest.files]
+    report, _ = report_for_files(cfg.report, real, fs, paths, manifest.rows, judge)
+    return report.summary_lines()
+
+
 def generate_stage(
     cfg: PipelineConfig, data: ImageSet | None = None, model_dir: str | None = None, progress: bool = True
 ) -> dict[str, Any]:

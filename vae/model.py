@@ -311,6 +311,7 @@ class VAE(nn.Module):
         eps = torch.randn(
             (n, self.cfg.latent_dim), generator=generator, device=self.device, dtype=self.fc_dtype
         )
+        self._one_hot(labels, n)  # validate the labels before they index the fitted prior
         z = self.draw_latents(eps, labels, temperature)
         return Samples(images=self.decode(z, labels), z=z, labels=labels)
 

@@ -130,11 +130,13 @@ class UsefulnessReport:
         return cls(**{k: v for k, v in data.items() if k not in derived})
 
 
-def _judge_and_real(train: Pool, heldout: Pool, k: int, recipe: Recipe, seeds: int, flip: bool):
+def _judge_and_real(
+    train: Pool, heldout: Pool, k: int, recipe: Recipe, seeds: int, flip: bool, judge: SmallCNN | None
+):
+    """The real-only runs; a given judge is the seed-0 real run (same recipe), so it is not retrained."""
     runs: dict[str, list[float]] = {"real": [], "real+classic": []}
-    judge: SmallCNN | None = None
     for seed in range(seeds):
-        model = train_classifier(train, None, k, recipe, seed)
+        model = judge if (seed == 0 and judge is not None) else train_classifier(train, None, k, recipe, seed)
         judge = judge or model
         runs["real"].append(accuracy(model, heldout))
         aug = train_classifier(train, None, k, recipe, seed, augment=True, flip=flip)
@@ -163,8 +165,8 @@ def usefulness_report(
         recipe: the downstream classifier recipe (the same for every condition).
         seeds: seeds per condition (>= 1; >= 2 gives a spread).
         flip: classic augmentation mirrors images left-right (natural photos).
-        judge: an already trained real-only classifier (e.g. the curation judge, same recipe and
-            seed 0) to reuse as the first real run; None trains it here.
+        judge: the real-only classifier of this recipe at seed 0 (`pipelines.usefulness.judge`),
+            reused as the first real run; None trains it here.
 
     Returns:
         The `UsefulnessReport`.
@@ -176,8 +178,7 @@ def usefulness_report(
     recipe = recipe or Recipe()
     k = len(class_names)
     t0 = time.perf_counter()
-    first, runs = _judge_and_real(train, heldout, k, recipe, seeds, flip)
-    judge = judge or first
+    judge, runs = _judge_and_real(train, heldout, k, recipe, seeds, flip, judge)
     for seed in range(seeds):
         runs.setdefault("real+synth", []).append(
             accuracy(train_classifier(train, synthetic, k, recipe, seed), heldout)
