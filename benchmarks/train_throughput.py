@@ -61,6 +61,7 @@ def _cfg(
             "model": model.to_dict(),
             "train": {
                 "epochs": args.epochs,
+                "min_steps": 0,  # throughput per epoch: exactly one pass each
                 "batch_size": args.batch_size,
                 "storage_path": f"{root}/runs",
                 "run_name": name,

@@ -75,7 +75,7 @@ def most_common_shape(headers: Sequence[ImageHeader]) -> tuple[tuple[int, int], 
 
 
 def resolve_data_shape(cfg: PipelineConfig) -> str | None:
-    """Set the model's `image_size`/`channels` the user left unset (`cfg.infer_from_data`) from the data.
+    """Set the model's `image_size`/`channels` (and `recon_loss`) the user left unset from the data.
 
     Call it once, before the config is saved or used: the resolved values are what the model is
     trained with, what `config.yaml` records and what later stages read. A second call does nothing.
@@ -93,15 +93,17 @@ def resolve_data_shape(cfg: PipelineConfig) -> str | None:
     keys = tuple(cfg.infer_from_data)
     if not keys:
         return None
-    chosen: dict[str, object] = {}
+    notes = []
     if "image_size" in keys or "channels" in keys:
         chosen = _shape_from_data(cfg, keys)
-    cfg.model = dataclasses.replace(cfg.model, **chosen)
+        cfg.model = dataclasses.replace(cfg.model, **chosen)
+        notes.append(_note(chosen))
     if "recon_loss" in keys:
-        chosen["recon_loss"] = default_likelihood(cfg.model)
-        cfg.model = dataclasses.replace(cfg.model, recon_loss=chosen["recon_loss"])
+        cfg.model = dataclasses.replace(cfg.model, recon_loss=default_likelihood(cfg.model))
+        kind = "grayscale [0, 1]" if cfg.model.recon_loss == "bce" else "colour or non-[0, 1]"
+        notes.append(f"model.recon_loss={cfg.model.recon_loss} chosen for {kind} data (set it to override)")
     cfg.infer_from_data = ()
-    note = _note(chosen)
+    note = "; ".join(notes)
     log.info(note)
     return note
 

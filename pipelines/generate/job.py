@@ -158,7 +158,7 @@ def _job_spec(
     meta: dict[str, Any],
     plan: JobPlan,
     data: ImageSet | None,
-    judge_sha: str | None,
+    judge_sha: str | None = None,
 ):
     """(JobSpec, provenance) of the job; the job id hashes everything that decides the content."""
     fingerprint = data.fingerprint() if (data is not None and plan.needs_sources) else None

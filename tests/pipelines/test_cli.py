@@ -17,6 +17,7 @@ def test_train_locally_writes_model_grid_and_config(tmp_path, capsys):
         "train",
         f"output_dir={out}",
         "train.epochs=3",
+        "train.min_steps=0",
         "model.hidden_channels=[16,32]",
         "train.backend=local",
     ]

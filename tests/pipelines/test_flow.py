@@ -18,8 +18,9 @@ pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 SMALL = {
     "model": {"hidden_channels": [16, 32], "latent_dim": 8},
-    "train": {"epochs": 2, "batch_size": 128, "num_workers": 1},
+    "train": {"epochs": 2, "min_steps": 0, "batch_size": 128, "num_workers": 1},
     "generate": {"num_samples": 300, "per_class": {"7": 40}, "shard_size": 128, "num_actors": 1},
+    "report": {"steps": 40, "seeds": 2, "batch_size": 32, "width": 8, "max_synthetic": 200},
     "flow": {"retries": 0},
 }
 
@@ -61,10 +62,15 @@ def test_flow_commits_dataset_publishes_artifacts_and_caches_training(tmp_path, 
     assert 0 < first["quality"]["recon_vs_mean"] < 1.5
     report = _artifact("augmentation-report")
     assert report and "Quality (held-out)" in report[0].data and "data:image/png;base64," in report[0].data
+    useful = first["usefulness"]
+    assert useful["headline"] in report[0].data and "label fidelity" in report[0].data
+    assert {"label_fidelity", "cas", "gain", "frechet_ratio"} <= set(useful)
+    assert first["picture_path"].endswith("usefulness.png") and Path(first["picture_path"]).is_file()
     counts = _artifact("class-counts")
     assert counts
     table = counts[0].data if isinstance(counts[0].data, list) else json.loads(counts[0].data)
     assert sum(int(row["rows"]) for row in table) == 340
+    assert all("label_fidelity" in row for row in table)
     assert (tmp_path / "job" / "config.yaml").is_file()
 
     # Same data and training config, different sampling: the model comes from the cache.

@@ -32,7 +32,8 @@ def test_flow_runs_across_two_nodes(tmp_path):
         from pipelines.readers import open_dataset
         summary = augmentation_flow(config={{
             "model": {{"hidden_channels": [16, 32], "latent_dim": 8}},
-            "train": {{"epochs": 1, "batch_size": 64, "num_workers": 2, "cpus_per_worker": 1,
+            "report": {{"enabled": False}},
+            "train": {{"epochs": 1, "min_steps": 0, "batch_size": 64, "num_workers": 2, "cpus_per_worker": 1,
                        "storage_path": {str(tmp_path / "runs")!r}}},
             "generate": {{"num_samples": 400, "shard_size": 100, "num_actors": 2}},
             "flow": {{"retries": 0, "result_storage": {str(tmp_path / "results")!r}}},

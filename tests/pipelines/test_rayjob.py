@@ -79,6 +79,7 @@ def test_train_runs_as_a_followed_ray_job(job_server, tmp_path):
             f"output_dir={tmp_path / 'job'}",
             f"train.storage_path={tmp_path / 'runs'}",
             "train.epochs=2",
+            "train.min_steps=0",
             "model.hidden_channels=[16,32]",
         ],
     )

@@ -5,6 +5,7 @@ Real files on local disk and fsspec memory://, real Parquet, a real (tiny) local
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import uuid
@@ -67,10 +68,11 @@ def test_every_source_has_a_shape():
 
 def test_folder_of_gray_28x28(gray28):
     cfg = _cfg("data.source=folder", f"data.path={gray28}")
-    assert cfg.infer_from_data == ("image_size", "channels")
+    assert cfg.infer_from_data == ("image_size", "channels", "recon_loss")
     note = resolve_data_shape(cfg)
     assert note == (
-        "model.image_size=[28, 28] and model.channels=1 inferred from the data (set them to override)"
+        "model.image_size=[28, 28] and model.channels=1 inferred from the data (set them to override); "
+        "model.recon_loss=bce chosen for grayscale [0, 1] data (set it to override)"
     )
     assert cfg.model.image_size == (28, 28) and cfg.model.channels == 1
     assert load_data(cfg).images.shape == (8, 1, 28, 28)
@@ -128,13 +130,25 @@ def test_fixed_shape_sources_need_no_files():
 
 def test_explicit_values_win(gray28, tmp_path):
     cfg = _cfg("data.source=folder", f"data.path={gray28}", "model.image_size=[8,8]")
-    assert cfg.infer_from_data == ("channels",)
-    assert resolve_data_shape(cfg) == "model.channels=1 inferred from the data (set it to override)"
+    assert cfg.infer_from_data == ("channels", "recon_loss")
+    assert resolve_data_shape(cfg).startswith(
+        "model.channels=1 inferred from the data (set it to override); "
+    )
     assert cfg.model.image_size == (8, 8)
     assert load_data(cfg).images.shape == (8, 1, 8, 8)
 
     cfg = _cfg(data={"source": "folder", "path": str(gray28)}, model={"image_size": [16, 16], "channels": 3})
-    assert resolve_data_shape(cfg) is None
+    assert resolve_data_shape(cfg) == (
+        "model.recon_loss=gaussian chosen for colour or non-[0, 1] data (set it to override)"
+    )
+    assert cfg.model.recon_loss == "gaussian"
+    explicit = _cfg(
+        data={"source": "folder", "path": str(gray28)}, model={"channels": 3, "recon_loss": "bce"}
+    )
+    explicit.model = dataclasses.replace(explicit.model, image_size=(16, 16))
+    explicit.infer_from_data = ("image_size",)
+    resolve_data_shape(explicit)
+    assert explicit.model.recon_loss == "bce"  # an explicit likelihood wins
     assert load_data(cfg).images.shape == (8, 3, 16, 16)
 
     f = tmp_path / "c.yaml"
@@ -247,6 +261,7 @@ def test_cli_train_and_evaluate_use_the_inferred_shape(gray28, tmp_path, capsys,
     out = tmp_path / "job"
     common = [f"output_dir={out}", "data.source=folder", f"data.path={gray28}"]
     args = [*common, "train.epochs=1", "train.batch_size=4", "train.backend=local", "train.val_fraction=0.25"]
+    args += ["train.min_steps=0"]
     args += ["model.hidden_channels=[4,8]", "model.latent_dim=2"]
     assert main(["train", *args]) == 0
     printed = capsys.readouterr().out

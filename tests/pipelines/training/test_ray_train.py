@@ -31,6 +31,7 @@ def make_cfg(tmp: Path, storage: str | None = None, **train) -> PipelineConfig:
     """A small, fast config on digits (1797 8x8 images)."""
     settings = {
         "epochs": 2,
+        "min_steps": 0,
         "batch_size": 64,
         "cpus_per_worker": 1,
         "storage_path": storage or str(tmp / "runs"),
@@ -247,7 +248,7 @@ def test_two_node_cluster(tmp_path: Path) -> None:
         cluster.wait_for_nodes()
         cfg = config_from_dict({{
             "model": {{"hidden_channels": [16, 32], "latent_dim": 8}},
-            "train": {{"epochs": 1, "batch_size": 64, "num_workers": 2,
+            "train": {{"epochs": 1, "min_steps": 0, "batch_size": 64, "num_workers": 2,
                        "storage_path": {str(tmp_path / "runs")!r}}},
             "output_dir": {str(tmp_path / "out")!r},
         }})
