@@ -27,7 +27,8 @@ from typing import Any
 import torch
 
 from pipelines.config import PipelineConfig, load_config
-from pipelines.data import DataConfig, ImageSet, load_images
+from pipelines.data import DataConfig, ImageSet, load_images, resolve_data_shape
+from pipelines.data.imageset import split_sizes
 from pipelines.generate import generate
 from pipelines.generate.commit import open_fs
 from pipelines.readers import open_dataset
@@ -52,12 +53,15 @@ def mnist_subset(per_class: int, seed: int, model_cfg: Any) -> tuple[ImageSet, I
 
 
 def _config(out: str, source: str, extra: list[str]) -> PipelineConfig:
-    shape = ["model.image_size=[28,28]", "model.channels=1"] if source == "mnist" else []
-    overrides = [f"output_dir={out}", "train.backend=local", *shape, *extra]
+    """The default config as `vaeaug run` resolves it (shape and likelihood from the data)."""
+    overrides = [f"output_dir={out}", "train.backend=local", f"data.source={source}"]
     if source == "mnist":
+        overrides.append(f"data.path={SHARED}")
         overrides.append("train.val_fraction=0")  # the test split is the held-out set
         overrides.append("report.enabled=false")  # measured below against the test split
-    return load_config(None, overrides)
+    cfg = load_config(None, [*overrides, *extra])
+    resolve_data_shape(cfg)
+    return cfg
 
 
 def run_setting(name: str, args: argparse.Namespace, workdir: str) -> dict[str, Any]:
@@ -68,26 +72,29 @@ def run_setting(name: str, args: argparse.Namespace, workdir: str) -> dict[str, 
     else:
         train, test = load_images(DataConfig(source="digits"), cfg.model), None
     t0 = time.perf_counter()
-    model, history, _ = fit_local(cfg, train)
+    model, _, _ = fit_local(cfg, train)
     t_train = time.perf_counter() - t0
     t0 = time.perf_counter()
     result = generate(cfg, data=train, progress=False, use_ray=False)
     t_gen = time.perf_counter() - t0
     t0 = time.perf_counter()
     if test is None:
-        report = UsefulnessReport.from_dict(result.usefulness or {})
+        if result.usefulness is None:
+            raise SystemExit(f"{name}: no usefulness report ({result.usefulness_note})")
+        report = UsefulnessReport.from_dict(result.usefulness)
     else:
         manifest = open_dataset(result.dataset_dir)
         fs, _ = open_fs(result.dataset_dir)
         paths = [open_fs(u)[1] for u in manifest.files]
         synthetic = read_sample(fs, paths, manifest.rows, cfg.report.max_synthetic)
-        real = real_splits(cfg, train, model.cfg)
-        heldout = real_splits(cfg, test, model.cfg).train  # val_fraction=0: the whole test split
+        real = real_splits(train, model.cfg, 0.0, cfg.train.seed)  # the VAE trained on all of them
+        heldout = real_splits(test, model.cfg, 0.0, 0).train  # the whole test split
         report = usefulness_report(
-            real.train, heldout, synthetic, real.class_names, recipe_of(cfg.report), cfg.report.seeds
-        )
+            real.train, heldout, synthetic, real.class_names, recipe_of(cfg.report), cfg.report.seeds,
+            curated=cfg.generate.curation_threshold is not None,
+        )  # fmt: skip
     t_report = time.perf_counter() - t0 if test is not None else report.seconds
-    steps = len(history) * cfg.train.passes_per_epoch(len(train)) * -(-len(train) // cfg.train.batch_size)
+    steps = cfg.train.total_steps(split_sizes(len(train), cfg.train.val_fraction)[0])
     return {
         "setting": name,
         "real_images": len(train) if test is not None else report.images["train"],

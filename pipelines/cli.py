@@ -61,7 +61,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     """Sample a synthetic dataset from a trained model on Ray and commit it as Parquet."""
     from pipelines.stages import generate_stage, how_to_load, save_merged_config, usefulness_lines
 
-    cfg = _config(args)
+    cfg = _config_with_data_shape(args)
     save_merged_config(cfg)
     out = generate_stage(cfg, model_dir=args.model)
     _print_dataset(out)

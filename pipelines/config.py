@@ -139,21 +139,25 @@ class TrainConfig:
                 f"{self.num_workers}: each worker needs at least one sample per batch"
             )
 
+    def steps_per_pass(self, train_images: int) -> int:
+        """Optimizer steps of one pass over `train_images` (each rank's equal shard, per-worker batch)."""
+        per_worker = max(1, self.batch_size // self.num_workers)
+        return max(1, -(-(train_images // self.num_workers) // per_worker))
+
     def passes_per_epoch(self, train_images: int) -> int:
         """Passes over `train_images` per epoch so that epochs x passes x batches >= `min_steps`."""
-        per_worker = max(1, self.batch_size // self.num_workers)
-        usable = train_images // self.num_workers  # each rank's equal shard
-        steps_per_pass = max(1, -(-usable // per_worker))
-        return max(1, -(-self.min_steps // (self.epochs * steps_per_pass)))
+        return max(1, -(-self.min_steps // (self.epochs * self.steps_per_pass(train_images))))
+
+    def total_steps(self, train_images: int) -> int:
+        """Optimizer steps of the whole run on `train_images` images."""
+        return self.epochs * self.passes_per_epoch(train_images) * self.steps_per_pass(train_images)
 
     def budget_line(self, train_images: int) -> str:
         """One console line: epochs, passes and optimizer steps of a run on `train_images` images."""
-        passes = self.passes_per_epoch(train_images)
-        per_worker = max(1, self.batch_size // self.num_workers)
-        steps = self.epochs * passes * max(1, -(-(train_images // self.num_workers) // per_worker))
         return (
-            f"training budget: {self.epochs} epochs x {passes} pass(es) over {train_images} images = "
-            f"{steps} optimizer steps (train.min_steps={self.min_steps}, batch {self.batch_size})"
+            f"training budget: {self.epochs} epochs x {self.passes_per_epoch(train_images)} pass(es) over "
+            f"{train_images} images = {self.total_steps(train_images)} optimizer steps "
+            f"(train.min_steps={self.min_steps}, batch {self.batch_size})"
         )
 
 
@@ -536,6 +540,10 @@ def load_config(
             raise ConfigError(f"config settings must be a mapping of sections, got {type(settings).__name__}")
         tree = _merge(tree, settings)
     tree = _merge(tree, parse_overrides(overrides or []))
+    model = tree.get("model") or {}
+    if "recon_loss" not in model and model.get("output_activation", "sigmoid") != "sigmoid":
+        # Bernoulli needs [0, 1]; other ranges get the calibrated Gaussian (see default_likelihood).
+        tree = _merge(tree, {"model": {"recon_loss": "gaussian"}})
     cfg = build(PipelineConfig, tree)
     given = tree.get("model") or {}
     cfg.infer_from_data = tuple(key for key in ("image_size", "channels", "recon_loss") if key not in given)

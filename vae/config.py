@@ -97,7 +97,8 @@ class VAEConfig:
         if self.recon_loss == "bce" and self.output_activation != "sigmoid":
             raise ConfigError(
                 f"model.recon_loss='bce' needs data in [0, 1] but output_activation="
-                f"{self.output_activation!r}: use output_activation='sigmoid' or recon_loss='mse'"
+                f"{self.output_activation!r}: use output_activation='sigmoid', "
+                "or recon_loss='gaussian' or 'mse'"
             )
         if self.num_classes is not None and self.num_classes < 2:
             raise ConfigError(

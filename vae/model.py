@@ -109,6 +109,19 @@ class FiLM(nn.Module):
         return h * (1 + gamma[:, :, None, None]) + beta[:, :, None, None]
 
 
+def _rename_sequential_levels(state: dict, prefix: str, *args: object) -> None:
+    """Read weights saved when the decoder levels were one `features` Sequential (vaeaug 0.1).
+
+    Level i was `features.{3i}` (transposed conv), `features.{3i+1}` (GroupNorm), `features.{3i+2}`
+    (SiLU, no weights); now they are `ups.{i}` and `norms.{i}`.
+    """
+    old = prefix + "features."
+    for key in [k for k in state if k.startswith(old)]:
+        index, _, rest = key[len(old) :].partition(".")
+        level, part = divmod(int(index), 3)
+        state[f"{prefix}{('ups', 'norms')[part]}.{level}.{rest}"] = state.pop(key)
+
+
 class Decoder(nn.Module):
     """z (B, D[+K]) -> logits (B, C, H, W); mirrors the encoder level by level."""
 
@@ -133,6 +146,7 @@ class Decoder(nn.Module):
                 self.films.append(FiLM(cfg.num_classes or 0, out_ch))
             in_ch = out_ch
         self.to_pixels = nn.Conv2d(in_ch, cfg.channels, kernel_size=3, padding=1)
+        self._register_load_state_dict_pre_hook(_rename_sequential_levels)
 
     def forward(self, z: torch.Tensor, onehot: torch.Tensor | None = None) -> torch.Tensor:
         """z (B, D[+K]) with the one-hot labels (B, K) appended already; `onehot` again for FiLM."""
@@ -144,6 +158,9 @@ class Decoder(nn.Module):
             h = F.silu(h)
         return self.to_pixels(h)  # (B, C, H, W) logits
 
+
+#: At most this many images (an even sample) are encoded to fit the "fitted" prior.
+PRIOR_FIT_MAX = 50_000
 
 _ACTIVATIONS = {"sigmoid": torch.sigmoid, "tanh": torch.tanh, "linear": lambda t: t}
 
@@ -264,15 +281,24 @@ class VAE(nn.Module):
         """
         if self.cfg.latent_prior != "fitted":
             raise ValueError("fit_latent_prior needs model.latent_prior='fitted'")
+        if self.cfg.conditional and labels is None:
+            raise ValueError("fit_latent_prior of a class-conditional model needs the images' labels")
+        if len(images) > PRIOR_FIT_MAX:  # an even sample is plenty for D-dimensional Gaussians
+            keep = torch.linspace(0, len(images) - 1, PRIOR_FIT_MAX).long()
+            images, labels = images[keep], (labels[keep] if labels is not None else None)
         was_training = self.training
         self.eval()
         mus, variances = [], []
         for lo in range(0, len(images), batch):
             y = labels[lo : lo + batch] if self.cfg.conditional and labels is not None else None
-            post = self.encode(images[lo : lo + batch].to(self.device), y)
+            post = self.encode(images[lo : lo + batch].to(self.device, self.fc_dtype), y)
             mus.append(post.mu.float().cpu())
             variances.append(post.logvar.float().exp().cpu())
         mu, var = torch.cat(mus), torch.cat(variances)  # (N, D) each
+        if not (torch.isfinite(mu).all() and torch.isfinite(var).all()):
+            raise ValueError(
+                "the encoder gives non-finite latents: training diverged (lower the learning rate)"
+            )
         groups = labels.cpu().long() if self.cfg.conditional and labels is not None else torch.zeros(len(mu))
         d = mu.shape[1]
         for g in range(self.prior_loc.shape[0]):

@@ -184,12 +184,22 @@ def uint8_to_unit(arr: np.ndarray | torch.Tensor, channels_last: bool) -> torch.
     return t.to(torch.float32, copy=True).div_(255.0)
 
 
+def decode_png(png: bytes) -> torch.Tensor:
+    """A PNG as stored in a synthetic dataset -> float32 (C, H, W) in [0, 1], channels as stored."""
+    from torchvision.io import ImageReadMode
+    from torchvision.io import decode_png as tv_decode_png
+
+    raw = torch.frombuffer(bytearray(png), dtype=torch.uint8)
+    return tv_decode_png(raw, mode=ImageReadMode.UNCHANGED).float().div_(255.0)
+
+
 def has_image_extension(name: str) -> bool:
     """Whether `name` ends with one of `IMAGE_EXTENSIONS` (case-insensitive)."""
     return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
 __all__ = [
+    "decode_png",
     "HEADER_BYTES",
     "IMAGE_EXTENSIONS",
     "ImageDecodeError",

@@ -97,14 +97,8 @@ class ImageSet:
         Returns:
             (train, val): disjoint subsets that together hold every image, each in source order.
         """
-        if not 0.0 <= val_fraction < 1.0:
-            raise ValueError(f"val_fraction={val_fraction}: use a value in [0, 1)")
         n = len(self)
-        n_val = round(n * val_fraction)
-        if val_fraction > 0:
-            if n < 2:
-                raise ValueError(f"cannot split {n} image(s) into non-empty train and validation sets")
-            n_val = min(max(n_val, 1), n - 1)
+        n_val = n - split_sizes(n, val_fraction)[0]
         gen = torch.Generator().manual_seed(int(seed))
         perm = torch.randperm(n, generator=gen)
         val_idx, _ = perm[:n_val].sort()
@@ -112,4 +106,20 @@ class ImageSet:
         return self.subset(train_idx), self.subset(val_idx)
 
 
-__all__ = ["ImageSet"]
+def split_sizes(n: int, val_fraction: float) -> tuple[int, int]:
+    """(train, validation) sizes `ImageSet.split` gives n images (validation >= 1 when the fraction > 0).
+
+    Raises:
+        ValueError: a fraction outside [0, 1), or fewer than 2 images to split.
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction={val_fraction}: use a value in [0, 1)")
+    n_val = round(n * val_fraction)
+    if val_fraction > 0:
+        if n < 2:
+            raise ValueError(f"cannot split {n} image(s) into non-empty train and validation sets")
+        n_val = min(max(n_val, 1), n - 1)
+    return n - n_val, n_val
+
+
+__all__ = ["ImageSet", "split_sizes"]

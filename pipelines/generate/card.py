@@ -129,7 +129,7 @@ def usefulness_section(report: dict[str, Any], curation: dict[str, Any]) -> list
             f"| CAS (synthetic-only accuracy / real-only) | {report['cas']:.3f} |",
             f"| Fréchet distance to held-out (judge features) | {report['frechet']:.4g} |",
             f"| Fréchet floor (real train vs held-out) | {report['frechet_floor']:.4g} |",
-            f"| Fréchet ratio (1 = as close as real data) | {report['frechet_ratio']:.2f} |",
+            f"| Fréchet ratio (1 = as close as real data) | {report['frechet_ratio'] or float('inf'):.2f} |",
             f"| augmentation gain (points) | {100 * report['gain']:+.1f} |",
             "",
             "| downstream training data | accuracy (mean ± half-range) |",

@@ -5,6 +5,9 @@ exactly the rows it was asked for, and the result depends only on (seed, shard i
 bytes whatever the number of actors. The judge scores the image as it will be stored (rounded to
 uint8). A row still rejected after `max_rounds` keeps its most confident candidate and is counted
 as a fallback (reported in the manifest), so a hard class never stalls the job.
+
+The bytes are the same whatever the number of actors on one kind of device; a CPU and a GPU decoder
+may judge a borderline candidate differently, and then the rest of that shard differs.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import torch
 
 from pipelines.usefulness.classifier import SmallCNN
 from vae.model import VAE
-from vae.ranges import to_unit_range
+from vae.ranges import to_uint8
 
 
 @dataclass
@@ -43,8 +46,8 @@ def label_confidence(
     for lo in range(0, len(z), batch):
         zb = z[lo : lo + batch].to(model.device, model.fc_dtype)  # (b, D)
         yb = labels[lo : lo + batch]
-        x01 = to_unit_range(model.decode(zb, yb.to(model.device)), model.cfg).float()  # (b, C, H, W)
-        x01 = (x01 * 255.0).round() / 255.0  # what the PNG will hold
+        pixels = to_uint8(model.decode(zb, yb.to(model.device)), model.cfg)  # (b, C, H, W) as stored
+        x01 = pixels.float() / 255.0
         probs = judge(x01.to(judge_device)).softmax(dim=1)  # (b, K)
         out.append(probs.gather(1, yb.to(judge_device)[:, None]).squeeze(1).float().cpu())
     return torch.cat(out)

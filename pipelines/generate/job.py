@@ -49,11 +49,10 @@ from pipelines.generate.plan import (
 from pipelines.generate.png import backend_version, default_backend
 from pipelines.generate.schema import arrow_schema, hf_features, row_group_rows
 from pipelines.generate.shard import JobSpec, ShardStats
+from pipelines.usefulness.dataset import Judging, prepare_judging
 from vae.io import ModelFileError, load_model, read_model_config
 
 if TYPE_CHECKING:
-    from pipelines.usefulness.classifier import SmallCNN
-    from pipelines.usefulness.dataset import RealSplits
     from pipelines.usefulness.report import UsefulnessReport
 
 log = logging.getLogger(__name__)
@@ -132,9 +131,10 @@ def _content_config(cfg: PipelineConfig) -> dict[str, Any]:
     g = cfg.generate
     keys = (
         "num_samples per_class variants_per_image variant_temperature variant_limit interpolations "
-        "interpolation_steps temperature seed shard_size batch_size png_compression "
-        "curation_threshold curation_max_rounds"
+        "interpolation_steps temperature seed shard_size batch_size png_compression"
     ).split()
+    if g.curation_threshold is not None:  # absent otherwise: uncurated jobs keep their earlier ids
+        keys += ["curation_threshold", "curation_max_rounds"]
     return {k: getattr(g, k) for k in keys}
 
 
@@ -266,63 +266,31 @@ def _manifest(
     }
 
 
-@dataclass
-class Judging:
-    """The judge-dependent parts of a job: the real splits, the judge, and why something is off."""
-
-    real: RealSplits | None = None
-    judge: SmallCNN | None = None
-    curate: bool = False
-    judge_sha: str | None = None
-    note: str | None = None  # why there is no usefulness report
-
-
-def _judging(
-    cfg: PipelineConfig, model: Any, model_dir: str, model_opts: dict[str, Any], data: ImageSet | None,
-    class_names: list[str],
-) -> Judging:  # fmt: skip
-    """Train (or reuse) the judge when the report or curation needs it."""
-    from pipelines.usefulness.dataset import real_splits, recipe_of
-    from pipelines.usefulness.judge import ensure_judge, read_judge_info
-
-    curate = cfg.generate.curation_threshold is not None
-    if not (curate or cfg.report.enabled):
-        return Judging(note="usefulness report off (report.enabled=false)")
-    if not model.cfg.conditional:
-        return Judging(
-            note="no usefulness report or curation: the model is unconditional (no labels to judge)"
-        )
-    assert data is not None
-    if list(data.class_names) != list(class_names):
-        raise DataError(
-            f"the real data's classes {data.class_names[:5]} differ from the model's "
-            f"{class_names[:5]}: use the data the model was trained on (data.source, data.path)"
-        )
-    real = real_splits(cfg, data, model.cfg)
-    note = None
-    if len(real.heldout.images) < 2:
-        note = "no usefulness report: train.val_fraction leaves fewer than 2 held-out images"
-    judge, _ = ensure_judge(
-        model_dir, real.train, class_names, recipe_of(cfg.report), real.fingerprint, model_opts
-    )
-    info = read_judge_info(model_dir, model_opts)
-    sha = info.weights_sha256 if (curate and info is not None) else None
-    return Judging(real=real, judge=judge, curate=curate, judge_sha=sha, note=note)
-
-
 def _measure(
     cfg: PipelineConfig, judging: Judging, target: Any, stats: list[ShardStats], total: int
-) -> UsefulnessReport | None:
-    """The usefulness report on the written (uncommitted) shards, and the per-class picture."""
+) -> tuple[UsefulnessReport | None, str | None]:
+    """(the usefulness report on the written, uncommitted shards, why there is none).
+
+    Writes the per-class picture next to them. A failure here is reported, not raised: the shards are
+    complete and the report is a measurement of them, so it must not cost the dataset.
+    """
     if judging.note is not None or judging.real is None or judging.judge is None or not cfg.report.enabled:
-        return None
+        return None, judging.note or "usefulness report off (report.enabled=false)"
     from pipelines.usefulness.dataset import report_for_files, usefulness_picture
 
     paths = [join(target.root, s.path) for s in stats]
-    report, sample = report_for_files(cfg.report, judging.real, target.fs, paths, total, judging.judge)
-    picture = usefulness_picture(report, sample, judging.judge, judging.real)
-    target.fs.pipe_file(join(target.root, PICTURE), picture)
-    return report
+    curated = judging.judge_sha is not None
+    try:
+        report, sample = report_for_files(
+            cfg.report, judging.real, target.fs, paths, total, judging.judge, curated=curated
+        )
+        picture = usefulness_picture(report, sample, judging.judge, judging.real)
+        target.fs.pipe_file(join(target.root, PICTURE), picture)
+    except Exception as exc:  # noqa: BLE001 - any failure of the measurement becomes its note
+        text = str(exc).strip().splitlines()
+        log.warning("usefulness report failed: %s", text[0] if text else type(exc).__name__)
+        return None, f"the usefulness report failed: {text[0] if text else type(exc).__name__}"
+    return report, None
 
 
 def _curation_summary(cfg: PipelineConfig, plan: JobPlan, stats: list[ShardStats]) -> dict[str, Any]:
@@ -346,6 +314,22 @@ def _curation_summary(cfg: PipelineConfig, plan: JobPlan, stats: list[ShardStats
     }
     g = cfg.generate
     return {"threshold": g.curation_threshold, "max_rounds": g.curation_max_rounds, "per_class": per_class}
+
+
+def _real_data(cfg: PipelineConfig, model: Any, data: ImageSet | None, required: bool) -> ImageSet | None:
+    """The real images in the model's range: given, or loaded when a mode, curation or the report
+    needs them. Only the report does without: a loading problem then just skips it."""
+    wanted = required or (cfg.report.enabled and model.cfg.conditional)
+    if data is not None or not wanted:
+        return data
+    from pipelines.data import load_images
+
+    try:
+        return load_images(cfg.data, model.cfg)
+    except DataError:
+        if required:
+            raise
+        return None
 
 
 def generate(
@@ -380,13 +364,10 @@ def generate(
     class_names = class_names_for(model.cfg, meta.get("extra", {}).get("class_names"))
     validate_request(g, model.cfg, class_names)
     target = resolve_output(cfg.dataset_dir, g.if_exists, g.storage_options)
-    judged = model.cfg.conditional and (cfg.report.enabled or g.curation_threshold is not None)
-    if (needs_real_data(g) or judged) and data is None:
-        from pipelines.data import load_images
-
-        data = load_images(cfg.data, model.cfg)
+    curate = g.curation_threshold is not None
+    data = _real_data(cfg, model, data, needs_real_data(g) or curate)
     plan = make_plan(g, model.cfg, class_names, data)
-    judging = _judging(cfg, model, model_dir, model_opts, data, class_names)
+    judging = prepare_judging(cfg, model, model_dir, model_opts, meta, data, curate)
     job, provenance = _job_spec(cfg, model, meta, plan, data, judging.judge_sha)
     sources = source_images(plan, data) if (plan.needs_sources and data is not None) else None
     info = None
@@ -406,10 +387,10 @@ def generate(
             writer = ShardWriter.in_process(model, job, sources, target.fs, target.root, judging.judge)
             stats, n_actors, startup = run_local(plan, writer, bar), 0, 0.0
     verify_files(target, stats)
-    report = _measure(cfg, judging, target, stats, plan.total_rows)
+    report, why_not = _measure(cfg, judging, target, stats, plan.total_rows)
     manifest = _manifest(cfg, plan, job, provenance, stats, model, model_dir, created_at)
     manifest["curation"] = _curation_summary(cfg, plan, stats)
-    manifest["usefulness"] = report.to_dict() if report is not None else {"skipped": judging.note}
+    manifest["usefulness"] = report.to_dict() if report is not None else {"skipped": why_not}
     manifest_path = commit(target, manifest, dataset_card(manifest))
     seconds = time.perf_counter() - t_start - startup
     log.info("committed %d rows to %s in %.1f s", manifest["rows"], redact_url(target.url), seconds)

@@ -241,6 +241,12 @@ def validate_request(gen: GenerateConfig, model_cfg: VAEConfig, class_names: lis
         ModelError: per-class counts asked of an unconditional model.
     """
     _class_segments(gen, model_cfg, class_names_for(model_cfg, class_names))
+    if gen.curation_threshold is not None and not model_cfg.conditional:
+        raise ModelError(
+            f"generate.curation_threshold={gen.curation_threshold} keeps images whose requested label a "
+            "classifier confirms, but this model is unconditional: train with conditional=true, or set "
+            "generate.curation_threshold=null"
+        )
     asked = gen.num_samples + sum(gen.per_class.values()) + gen.variants_per_image + gen.interpolations
     if asked <= 0:
         raise PipelineError(_NOTHING)

@@ -15,18 +15,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
-from torchvision.io import ImageReadMode, decode_png
 
+from pipelines.data.decode import decode_png
 from pipelines.readers.manifest import SyntheticManifest, open_dataset
 
 Item = tuple[torch.Tensor, int, torch.Tensor]
 _COLUMNS = ["image", "label", "latent"]
 
 
-def decode_image(png: bytes) -> torch.Tensor:
-    """PNG bytes -> float32 (C, H, W) in [0, 1]."""
-    raw = torch.frombuffer(bytearray(png), dtype=torch.uint8)
-    return decode_png(raw, mode=ImageReadMode.UNCHANGED).float().div_(255.0)
+#: PNG bytes -> float32 (C, H, W) in [0, 1] (the one decoder of stored images, shared with the writer side).
+decode_image = decode_png
 
 
 def _columns(table: pa.Table, latent_dim: int) -> tuple[list[bytes], np.ndarray, np.ndarray]:

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 RUN_FILE = "run.json"
 #: Train settings that change the result, hence the derived run name.
-RESULT_KEYS = ("batch_size", "lr", "weight_decay", "val_fraction", "seed")
+RESULT_KEYS = ("batch_size", "lr", "weight_decay", "val_fraction", "seed", "min_steps")
 
 
 def resolve_storage(storage_path: str) -> str:

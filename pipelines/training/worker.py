@@ -112,6 +112,13 @@ class _Shards:
         return _index_batches(images, labels, idx, VAL_BATCH, self.device)
 
 
+def _epoch_batches(shards: _Shards, seed: int, epoch: int, passes: int) -> Iterator[Batch]:
+    """An epoch of `passes` passes: pass p of epoch e shuffles as data epoch (e - 1) * passes + p + 1."""
+    return itertools.chain.from_iterable(
+        shards.train_batches(seed, (epoch - 1) * passes + p + 1) for p in range(passes)
+    )
+
+
 def _reduce(
     train: EpochMetrics, val: EpochMetrics | None, device: torch.device
 ) -> tuple[EpochMetrics, EpochMetrics | None]:
@@ -231,11 +238,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     passes = int(config.get("passes", 1))
     for epoch in range(start_epoch + 1, t.epochs + 1):
         _seed_epoch(t.seed, epoch, rank)
-        # An epoch is `passes` passes; pass p of epoch e shuffles as data epoch (e - 1) * passes + p + 1.
-        batches = itertools.chain.from_iterable(
-            shards.train_batches(t.seed, (epoch - 1) * passes + p + 1) for p in range(passes)
-        )
-        train = train_epoch(model, optimizer, batches, autocast_dtype)
+        train = train_epoch(model, optimizer, _epoch_batches(shards, t.seed, epoch, passes), autocast_dtype)
         val = _evaluate_shard(model, shards.val_batches(), t.seed + rank) if has_val else None
         train, val = _reduce(train, val, device)
         row = epoch_row(epoch, train, val, train.samples_per_s)

@@ -56,7 +56,6 @@ class SmallCNN(nn.Module):
         layers += [*block(w2, w2)]
         self.body = nn.Sequential(*layers)
         self.head = nn.Sequential(nn.Dropout(0.2), nn.Linear(w2, num_classes))
-        self.num_features = w2
 
     def features(self, x01: torch.Tensor) -> torch.Tensor:
         """Penultimate features (B, 2*width) of images (B, C, H, W) in [0, 1]."""
@@ -102,6 +101,9 @@ class Pool:
     images: torch.Tensor
     labels: torch.Tensor
 
+    def __len__(self) -> int:
+        return len(self.images)
+
 
 def _batch(pools: list[Pool], sizes: list[int], gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     xs, ys = [], []
@@ -143,8 +145,17 @@ def train_classifier(
     n_syn = round(recipe.batch_size * recipe.synthetic_share) if (real and synthetic) else 0
     sizes = [recipe.batch_size - n_syn, n_syn] if len(pools) == 2 else [recipe.batch_size]
     c, h, w = pools[0].images.shape[1:]
-    torch.manual_seed(seed)
-    model = SmallCNN(c, num_classes, (h, w), recipe.width)
+    # Weights and dropout draw from torch's global RNG: seed it, without touching the caller's state.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = SmallCNN(c, num_classes, (h, w), recipe.width)
+        _fit(model, pools, sizes, recipe, seed, augment, flip)
+    return model.eval()
+
+
+def _fit(
+    model: SmallCNN, pools: list[Pool], sizes: list[int], recipe: Recipe, seed: int, augment: bool, flip: bool
+) -> None:
     opt = torch.optim.Adam(model.parameters(), lr=recipe.lr)
     sched = torch.optim.lr_scheduler.OneCycleLR(
         opt, max_lr=recipe.lr, total_steps=recipe.steps, pct_start=0.15
@@ -160,7 +171,6 @@ def train_classifier(
         loss.backward()
         opt.step()
         sched.step()
-    return model.eval()
 
 
 @torch.no_grad()

@@ -6,18 +6,22 @@ manifest and the card of the commit, and by `vaeaug evaluate --dataset` on a com
 
 from __future__ import annotations
 
-import io
+import hashlib
+import json
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
 import torch
 from fsspec import AbstractFileSystem
-from PIL import Image
 
 from pipelines.config import PipelineConfig, ReportConfig
+from pipelines.data.decode import decode_png
 from pipelines.data.imageset import ImageSet
+from pipelines.errors import DataError
 from pipelines.usefulness.classifier import Pool, Recipe, SmallCNN, predict
+from pipelines.usefulness.judge import JudgeError, ensure_judge, read_judge_info
 from pipelines.usefulness.report import UsefulnessReport, usefulness_report
 from pipelines.visualize import labelled_rows, png_bytes
 from vae.config import VAEConfig
@@ -44,23 +48,112 @@ class RealSplits:
     fingerprint: str
 
 
-def real_splits(cfg: PipelineConfig, data: ImageSet, model_cfg: VAEConfig) -> RealSplits:
-    """The training/held-out split the VAE used (`train.val_fraction`, `train.seed`), in [0, 1]."""
-    train, heldout = data.split(cfg.train.val_fraction, seed=cfg.train.seed)
+def real_splits(data: ImageSet, model_cfg: VAEConfig, val_fraction: float, seed: int) -> RealSplits:
+    """The training/held-out split of `data` (as `ImageSet.split` makes it), in [0, 1].
+
+    `fingerprint` identifies the training split itself (data, fraction and seed): the judge trained
+    on it is reused only for the same split.
+    """
+    train, heldout = data.split(val_fraction, seed=seed)
 
     def pool(part: ImageSet) -> Pool:
         return Pool(to_unit_range(part.images, model_cfg).contiguous(), part.labels.clone())
 
-    return RealSplits(pool(train), pool(heldout), list(data.class_names), data.fingerprint())
+    key = json.dumps([data.fingerprint(), float(val_fraction), int(seed)]).encode()
+    return RealSplits(pool(train), pool(heldout), list(data.class_names), hashlib.sha256(key).hexdigest())
 
 
-def _decode(png: bytes) -> np.ndarray:
-    arr = np.asarray(Image.open(io.BytesIO(png)))  # (H, W) or (H, W, C) uint8
-    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+def model_split(cfg: PipelineConfig, meta: dict[str, Any]) -> tuple[float, int]:
+    """(val_fraction, seed) the saved model was trained with (its recorded `train`), else `cfg.train`'s."""
+    recorded = (meta.get("extra") or {}).get("train") or {}
+    return (
+        float(recorded.get("val_fraction", cfg.train.val_fraction)),
+        int(recorded.get("seed", cfg.train.seed)),
+    )
+
+
+@dataclass
+class Judging:
+    """What the report and curation of a job need: the real splits, the judge, or why there is none.
+
+    Args:
+        real: the real training/held-out split of the model.
+        judge: the real-trained classifier (None: neither the report nor curation can run).
+        judge_sha: the judge's weights sha256 when curating (it decides the rows), else None.
+        note: why there is no usefulness report (None: the report can run).
+    """
+
+    real: RealSplits | None = None
+    judge: SmallCNN | None = None
+    judge_sha: str | None = None
+    note: str | None = None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def prepare_judging(
+    cfg: PipelineConfig, model: Any, model_dir: str, model_opts: dict[str, Any], meta: dict[str, Any],
+    data: ImageSet | None, curate: bool,
+) -> Judging:  # fmt: skip
+    """Train (or reuse) the judge on the split the model trained on, when the report or curation needs it.
+
+    Curation cannot run without the judge, so its problems raise; the report is a measurement, so
+    its problems (no data, other data than the model's, a read-only model folder) become the `note`.
+
+    Raises:
+        DataError: curation without usable real data.
+    """
+    if not (curate or cfg.report.enabled):
+        return Judging(note="usefulness report off (report.enabled=false)")
+    if not model.cfg.conditional:
+        return Judging(note="no usefulness report: the model is unconditional (no labels to judge)")
+    problem = _data_problem(data, model, meta)
+    if problem is not None:
+        if curate:
+            raise DataError(f"generate.curation_threshold needs the model's real data: {problem}")
+        return Judging(note=f"no usefulness report: {problem}")
+    assert data is not None
+    real = real_splits(data, model.cfg, *model_split(cfg, meta))
+    note = None
+    if len(real.heldout.images) < 2:
+        note = "no usefulness report: the model's train.val_fraction left fewer than 2 held-out images"
+    try:
+        judge, _ = ensure_judge(
+            model_dir, real.train, real.class_names, recipe_of(cfg.report), real.fingerprint, model_opts
+        )
+    except (OSError, JudgeError) as exc:
+        if curate:
+            raise
+        return Judging(
+            note=f"no usefulness report: cannot save the judge under {model_dir!r}: {_first_line(exc)}"
+        )
+    info = read_judge_info(model_dir, model_opts) if curate else None
+    return Judging(real=real, judge=judge, judge_sha=info.weights_sha256 if info else None, note=note)
+
+
+def _data_problem(data: ImageSet | None, model: Any, meta: dict[str, Any]) -> str | None:
+    """Why `data` cannot stand for the model's training data, or None."""
+    if data is None:
+        return "the real data could not be loaded (check data.source / data.path)"
+    names = (meta.get("extra") or {}).get("class_names")
+    if names is not None and list(names) != list(data.class_names):
+        return f"the real data's classes {data.class_names[:5]} differ from the model's {list(names)[:5]}"
+    recorded = (meta.get("extra") or {}).get("data_fingerprint")
+    if recorded and recorded != data.fingerprint():
+        return "the real data is not the data the model was trained on (its fingerprint differs)"
+    if tuple(data.image_shape) != tuple(model.cfg.image_shape):
+        return f"the real images are {tuple(data.image_shape)}, the model makes {model.cfg.image_shape}"
+    return None
 
 
 def read_sample(fs: AbstractFileSystem, paths: list[str], total: int, max_rows: int) -> Pool:
     """An even sample (every k-th row, k = ceil(total / max_rows)) of labelled rows of the files.
+
+    Only the row groups that hold sampled rows are read, so a large dataset costs its sample, not
+    its size.
 
     Args:
         fs: their filesystem.
@@ -72,23 +165,31 @@ def read_sample(fs: AbstractFileSystem, paths: list[str], total: int, max_rows: 
         Images (n, C, H, W) in [0, 1] and their requested labels (unlabelled rows are skipped).
     """
     step = max(1, -(-total // max_rows))
-    images, labels, offset = [], [], 0
+    pngs: list[bytes] = []
+    labels: list[int] = []
+    offset = 0  # global row number of the current row group's first row
     for path in paths:
         with fs.open(path, "rb") as f:
-            table = pq.read_table(f, columns=["image", "label"])
-        n = table.num_rows
-        pick = np.arange((-offset) % step, n, step)
-        offset += n
-        lab = table.column("label").to_numpy(zero_copy_only=False)[pick]
-        pngs = table.column("image").combine_chunks().field("bytes").take(pick).to_pylist()
-        for png, y in zip(pngs, lab, strict=True):
-            if y is not None and not (isinstance(y, float) and np.isnan(y)):
-                images.append(_decode(png))
-                labels.append(int(y))
-    if not images:
+            pf = pq.ParquetFile(f)
+            for group in range(pf.num_row_groups):
+                n = pf.metadata.row_group(group).num_rows
+                pick = np.arange((-offset) % step, n, step)
+                offset += n
+                if len(pick):
+                    _take(pf.read_row_group(group, columns=["image", "label"]), pick, pngs, labels)
+    if not pngs:
         raise ValueError("the synthetic files hold no labelled rows")
-    x = torch.from_numpy(np.stack(images)).float().div_(255.0)  # (n, C, H, W)
-    return Pool(x, torch.tensor(labels, dtype=torch.int64))
+    return Pool(torch.stack([decode_png(p) for p in pngs]), torch.tensor(labels, dtype=torch.int64))
+
+
+def _take(table: Any, pick: np.ndarray, pngs: list[bytes], labels: list[int]) -> None:
+    """Append the labelled rows `pick` of a row group's table."""
+    lab = table.column("label").take(pick).to_pylist()
+    images = table.column("image").combine_chunks().field("bytes").take(pick).to_pylist()
+    for png, y in zip(images, lab, strict=True):
+        if y is not None:
+            pngs.append(png)
+            labels.append(int(y))
 
 
 def report_for_files(
@@ -98,6 +199,7 @@ def report_for_files(
     paths: list[str],
     total: int,
     judge: SmallCNN,
+    curated: bool = False,
 ) -> tuple[UsefulnessReport, Pool]:
     """The usefulness report of the synthetic rows in `paths` (and the sample it was measured on)."""
     synthetic = read_sample(fs, paths, total, report.max_synthetic)
@@ -111,6 +213,7 @@ def report_for_files(
         seeds=report.seeds,
         flip=flip,
         judge=judge,
+        curated=curated,
     )
     return result, synthetic
 
@@ -135,7 +238,10 @@ def usefulness_picture(result: UsefulnessReport, synthetic: Pool, judge: SmallCN
 
 
 __all__ = [
+    "Judging",
     "RealSplits",
+    "model_split",
+    "prepare_judging",
     "read_sample",
     "real_splits",
     "recipe_of",

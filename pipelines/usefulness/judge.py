@@ -19,6 +19,7 @@ import fsspec
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from pipelines.errors import ModelError
 from pipelines.usefulness.classifier import Pool, Recipe, SmallCNN, train_classifier
 
 JUDGE_DIR = "judge"
@@ -26,7 +27,7 @@ JUDGE_CONFIG = "judge.json"
 JUDGE_WEIGHTS = "judge.safetensors"
 
 
-class JudgeError(ValueError):
+class JudgeError(ModelError):
     """The saved judge is missing or does not fit; the message names the file and the fix."""
 
 

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy import linalg
 
 from pipelines.usefulness.classifier import Pool, SmallCNN, predict
 
@@ -27,13 +26,11 @@ class Fidelity:
         overall: share of images whose predicted class is the requested one.
         per_class: that share for each requested class (index -> share).
         confidence: mean probability the classifier gives the requested class.
-        per_class_confidence: that mean for each requested class.
     """
 
     overall: float
     per_class: dict[int, float]
     confidence: float
-    per_class_confidence: dict[int, float]
 
 
 def label_fidelity(judge: SmallCNN, synthetic: Pool) -> Fidelity:
@@ -47,26 +44,28 @@ def label_fidelity(judge: SmallCNN, synthetic: Pool) -> Fidelity:
         overall=float(hit.mean()),
         per_class={k: float(hit[y == k].mean()) for k in classes},
         confidence=float(conf.mean()),
-        per_class_confidence={k: float(conf[y == k].mean()) for k in classes},
     )
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     """Fréchet distance between Gaussians fitted to feature sets a (N, F) and b (M, F).
 
-    ||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)), as in FID, in float64.
+    ||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)), as in FID, in float64. The trace of the
+    matrix square root is the sum of the square roots of the eigenvalues of S_a^(1/2) S_b S_a^(1/2)
+    (symmetric, positive semi-definite), which needs only `numpy.linalg.eigh`.
     """
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     if len(a) < 2 or len(b) < 2:
         raise ValueError(f"Fréchet distance needs at least 2 images per set, got {len(a)} and {len(b)}")
     mu_a, mu_b = a.mean(0), b.mean(0)
-    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    covmean, _ = linalg.sqrtm(cov_a @ cov_b, disp=False)
-    if not np.isfinite(covmean).all():  # near-singular product: regularize as the FID reference does
-        eps = np.eye(len(cov_a)) * 1e-6
-        covmean = linalg.sqrtm((cov_a + eps) @ (cov_b + eps))
+    cov_a = np.atleast_2d(np.cov(a, rowvar=False))
+    cov_b = np.atleast_2d(np.cov(b, rowvar=False))
+    w, v = np.linalg.eigh(cov_a)
+    root_a = (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T  # S_a^(1/2)
+    inner = root_a @ cov_b @ root_a
+    trace_sqrt = np.sqrt(np.clip(np.linalg.eigvalsh((inner + inner.T) / 2), 0.0, None)).sum()
     diff = mu_a - mu_b
-    value = diff @ diff + np.trace(cov_a) + np.trace(cov_b) - 2.0 * np.trace(covmean.real)
+    value = diff @ diff + np.trace(cov_a) + np.trace(cov_b) - 2.0 * trace_sqrt
     return float(max(value, 0.0))
 
 

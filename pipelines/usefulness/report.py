@@ -15,11 +15,10 @@ the feature space of the Fréchet distances.
 
 from __future__ import annotations
 
+import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
-
-import torch
 
 from pipelines.usefulness.classifier import Pool, Recipe, SmallCNN, accuracy, train_classifier
 from pipelines.usefulness.metrics import Spread, features, frechet_distance, label_fidelity
@@ -27,6 +26,8 @@ from pipelines.usefulness.metrics import Spread, features, frechet_distance, lab
 CONDITIONS: tuple[str, ...] = ("real", "real+classic", "real+synth", "real+synth+classic")
 #: A gain within this many points of zero (or within the seeds' spread) is "no measurable effect".
 NEUTRAL_POINTS = 0.5
+#: Fewer held-out images than this (or than 2 per class) make the verdict "inconclusive".
+MIN_HELDOUT = 50
 
 
 @dataclass
@@ -62,7 +63,6 @@ class UsefulnessReport:
     recipe: dict[str, Any]
     seeds: int
     seconds: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def frechet_ratio(self) -> float:
@@ -92,6 +92,11 @@ class UsefulnessReport:
         pts = f"{100 * best_real:.1f}% -> {100 * best_mix:.1f}% ({100 * self.gain:+.1f} points)"
         if self.verdict == "helps":
             return f"The synthetic set HELPS a downstream classifier: {pts}."
+        if self.verdict == "inconclusive":
+            return (
+                f"INCONCLUSIVE: only {self.images['heldout']} held-out images, too few to tell whether "
+                f"the synthetic set helps: {pts}. Hold out more (train.val_fraction) or use more data."
+            )
         if self.verdict == "hurts":
             return (
                 f"WARNING: the synthetic set HURTS a downstream classifier: {pts}. "
@@ -116,7 +121,8 @@ class UsefulnessReport:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict, with the derived figures (means, spreads, ratio, verdict) included."""
         out = asdict(self)
-        out["frechet_ratio"] = self.frechet_ratio
+        ratio = self.frechet_ratio
+        out["frechet_ratio"] = ratio if math.isfinite(ratio) else None  # JSON has no Infinity
         out["verdict"] = self.verdict
         out["headline"] = self.headline()
         out["mean_accuracy"] = {c: self.mean(c) for c in self.accuracy}
@@ -130,19 +136,40 @@ class UsefulnessReport:
         return cls(**{k: v for k, v in data.items() if k not in derived})
 
 
-def _judge_and_real(
+def _real_runs(
     train: Pool, heldout: Pool, k: int, recipe: Recipe, seeds: int, flip: bool, judge: SmallCNN | None
-):
+) -> tuple[list[SmallCNN], dict[str, list[float]]]:
     """The real-only runs; a given judge is the seed-0 real run (same recipe), so it is not retrained."""
     runs: dict[str, list[float]] = {"real": [], "real+classic": []}
+    models = []
     for seed in range(seeds):
         model = judge if (seed == 0 and judge is not None) else train_classifier(train, None, k, recipe, seed)
-        judge = judge or model
+        models.append(model)
         runs["real"].append(accuracy(model, heldout))
         aug = train_classifier(train, None, k, recipe, seed, augment=True, flip=flip)
         runs["real+classic"].append(accuracy(aug, heldout))
-    assert judge is not None
-    return judge, runs
+    return models, runs
+
+
+def _synthetic_runs(
+    train: Pool, heldout: Pool, synthetic: Pool, k: int, recipe: Recipe, seeds: int, flip: bool
+) -> dict[str, list[float]]:
+    runs: dict[str, list[float]] = {"real+synth": [], "real+synth+classic": []}
+    for seed in range(seeds):
+        runs["real+synth"].append(accuracy(train_classifier(train, synthetic, k, recipe, seed), heldout))
+        aug = train_classifier(train, synthetic, k, recipe, seed, augment=True, flip=flip)
+        runs["real+synth+classic"].append(accuracy(aug, heldout))
+    runs["synth"] = [accuracy(train_classifier(None, synthetic, k, recipe, 0), heldout)]
+    return runs
+
+
+def _frechet(scorer: SmallCNN, train: Pool, heldout: Pool, synthetic: Pool) -> tuple[float, float]:
+    """(synthetic vs held-out, real train vs held-out), with as many synthetic as training images so
+    both distances carry the same small-sample bias."""
+    f_held = features(scorer, heldout.images)
+    f_train = features(scorer, train.images)
+    f_syn = features(scorer, synthetic.images[: max(2, len(train.images))])
+    return frechet_distance(f_syn, f_held), frechet_distance(f_train, f_held)
 
 
 def usefulness_report(
@@ -154,6 +181,7 @@ def usefulness_report(
     seeds: int = 2,
     flip: bool = False,
     judge: SmallCNN | None = None,
+    curated: bool = False,
 ) -> UsefulnessReport:
     """Measure how much `synthetic` helps a classifier of `train`'s classes on `heldout`.
 
@@ -167,6 +195,9 @@ def usefulness_report(
         flip: classic augmentation mirrors images left-right (natural photos).
         judge: the real-only classifier of this recipe at seed 0 (`pipelines.usefulness.judge`),
             reused as the first real run; None trains it here.
+        curated: the synthetic images were selected by `judge`; label fidelity and the Fréchet
+            features then come from another real-trained classifier (seed 1), not from the judge
+            that selected them.
 
     Returns:
         The `UsefulnessReport`.
@@ -178,42 +209,29 @@ def usefulness_report(
     recipe = recipe or Recipe()
     k = len(class_names)
     t0 = time.perf_counter()
-    judge, runs = _judge_and_real(train, heldout, k, recipe, seeds, flip, judge)
-    for seed in range(seeds):
-        runs.setdefault("real+synth", []).append(
-            accuracy(train_classifier(train, synthetic, k, recipe, seed), heldout)
-        )
-        aug = train_classifier(train, synthetic, k, recipe, seed, augment=True, flip=flip)
-        runs.setdefault("real+synth+classic", []).append(accuracy(aug, heldout))
-    runs["synth"] = [accuracy(train_classifier(None, synthetic, k, recipe, 0), heldout)]
-    fid = label_fidelity(judge, synthetic)
-    f_held, f_train, f_syn = (features(judge, p.images) for p in (heldout, train, synthetic))
+    models, runs = _real_runs(train, heldout, k, recipe, seeds, flip, judge)
+    runs.update(_synthetic_runs(train, heldout, synthetic, k, recipe, seeds, flip))
+    scorer = models[0]
+    if curated:
+        scorer = models[1] if len(models) > 1 else train_classifier(train, None, k, recipe, seed=1)
+    fid = label_fidelity(scorer, synthetic)
+    frechet, floor = _frechet(scorer, train, heldout, synthetic)
     best = {c: Spread(runs[c]).mean for c in runs}
-    real_acc = best["real"]
     return UsefulnessReport(
         class_names=list(class_names),
         label_fidelity=fid.overall,
         fidelity_per_class={class_names[i]: v for i, v in fid.per_class.items()},
         confidence=fid.confidence,
-        cas=runs["synth"][0] / real_acc if real_acc > 0 else 0.0,
+        cas=runs["synth"][0] / best["real"] if best["real"] > 0 else 0.0,
         accuracy=runs,
         gain=max(best["real+synth"], best["real+synth+classic"]) - max(best["real"], best["real+classic"]),
-        frechet=frechet_distance(f_syn, f_held),
-        frechet_floor=frechet_distance(f_train, f_held),
-        images={
-            "train": len(train.images),
-            "heldout": len(heldout.images),
-            "synthetic": len(synthetic.images),
-        },
+        frechet=frechet,
+        frechet_floor=floor,
+        images={"train": len(train.images), "heldout": len(heldout.images), "synthetic": len(synthetic)},
         recipe=asdict(recipe),
         seeds=seeds,
         seconds=time.perf_counter() - t0,
     )
 
 
-def to_pool(images: torch.Tensor, labels: torch.Tensor) -> Pool:
-    """A `Pool` of float32 images in [0, 1] (N, C, H, W) and int64 labels (N,)."""
-    return Pool(images.float().contiguous(), labels.long().contiguous())
-
-
-__all__ = ["CONDITIONS", "UsefulnessReport", "to_pool", "usefulness_report"]
+__all__ = ["CONDITIONS", "UsefulnessReport", "usefulness_report"]

@@ -66,17 +66,40 @@ def test_fitted_prior_survives_save_and_load(tmp_path):
     assert torch.equal(back.prior_scale_tril, model.prior_scale_tril)
 
 
-def test_a_config_saved_before_the_new_keys_loads_as_it_was_trained(tmp_path):
-    old = VAE(VAEConfig(**SMALL, conditioning="concat", latent_prior="standard"))
-    saved = save_model(old, str(tmp_path / "old"))
+def _as_saved_by_vaeaug_0_1(path, model: VAE) -> None:
+    """Rewrite a saved model in the 0.1 layout: no new config keys, decoder levels in `features`."""
+    import hashlib
     import json
 
-    cfg_path = tmp_path / "old" / "config.json"
-    data = json.loads(cfg_path.read_text())
-    del data["model"]["conditioning"], data["model"]["latent_prior"]  # as written by vaeaug 0.1
-    cfg_path.write_text(json.dumps(data))
-    back = load_model(saved.path)
+    from safetensors.torch import save
+
+    state = {}
+    for key, value in model.state_dict().items():
+        for name, offset in (("ups", 0), ("norms", 1)):
+            mark = f"decoder.{name}."
+            if key.startswith(mark):
+                level, _, rest = key[len(mark) :].partition(".")
+                key = f"decoder.features.{3 * int(level) + offset}.{rest}"
+        state[key] = value.contiguous()
+    blob = save(state, metadata={"format_version": "1"})
+    (path / "model.safetensors").write_bytes(blob)
+    data = json.loads((path / "config.json").read_text())
+    del data["model"]["conditioning"], data["model"]["latent_prior"]
+    data["weights_sha256"] = hashlib.sha256(blob).hexdigest()
+    (path / "config.json").write_text(json.dumps(data))
+
+
+def test_a_model_saved_by_vaeaug_0_1_loads_as_it_was_trained(tmp_path):
+    torch.manual_seed(0)
+    old = VAE(VAEConfig(**SMALL, conditioning="concat", latent_prior="standard")).eval()
+    save_model(old, str(tmp_path / "old"))
+    _as_saved_by_vaeaug_0_1(tmp_path / "old", old)
+    assert any(".features.3." in k for k in __import__("safetensors.torch").torch.load_file(
+        str(tmp_path / "old" / "model.safetensors")))  # fmt: skip
+    back = load_model(str(tmp_path / "old"))
     assert back.cfg.conditioning == "concat" and back.cfg.latent_prior == "standard"
+    z, y = torch.randn(4, 3), torch.arange(4)
+    assert torch.equal(back.decode(z, y), old.decode(z, y))
 
 
 def test_calibrated_gaussian_is_the_nll_at_the_optimal_sigma():
