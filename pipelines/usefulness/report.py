@@ -76,12 +76,21 @@ class UsefulnessReport:
         return Spread(self.accuracy[condition]).spread
 
     @property
+    def noise(self) -> float:
+        """The accuracy difference that is within noise: the largest of `NEUTRAL_POINTS`, the seeds'
+        spread, and the standard error of an accuracy on this many held-out images."""
+        p = min(max(self.mean("real"), 0.01), 0.99)
+        standard_error = (p * (1 - p) / max(1, self.images["heldout"])) ** 0.5
+        return max(NEUTRAL_POINTS / 100, standard_error, *(self.spread(c) for c in CONDITIONS))
+
+    @property
     def verdict(self) -> str:
-        """ "helps", "hurts" or "neutral": the gain against the seeds' spread and `NEUTRAL_POINTS`."""
-        noise = max(NEUTRAL_POINTS / 100, *(self.spread(c) for c in CONDITIONS))
-        if self.gain > noise:
+        """ "helps", "hurts", "neutral", or "inconclusive" (too few held-out images to tell)."""
+        if self.images["heldout"] < max(MIN_HELDOUT, 2 * len(self.class_names)):
+            return "inconclusive"
+        if self.gain > self.noise:
             return "helps"
-        if self.gain < -noise:
+        if self.gain < -self.noise:
             return "hurts"
         return "neutral"
 

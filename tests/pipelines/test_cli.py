@@ -71,3 +71,42 @@ def test_help_for_every_command(capsys):
         assert info.value.code == 0
         text = capsys.readouterr().out
         assert "KEY=VALUE" in text or "dataset" in text
+
+
+def test_evaluate_measures_the_usefulness_of_a_dataset(tmp_path, capsys, single_torch_thread):
+    from pipelines.generate import generate
+    from tests.pipelines.generate.helpers import make_cfg, save_tiny_model
+
+    model_dir = save_tiny_model(tmp_path / "model", conditional=True)
+    generate(
+        make_cfg(str(tmp_path / "synthetic"), num_samples=60),
+        model_dir=model_dir,
+        progress=False,
+        use_ray=False,
+    )
+    args = ["evaluate", "--model", model_dir, "--dataset", str(tmp_path / "synthetic"), "data.limit=300"]
+    args += ["report.steps=30", "report.width=4", "report.batch_size=16", f"output_dir={tmp_path / 'job'}"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "the synthetic set" in out.lower() and "label fidelity" in out and "CAS" in out
+    assert (tmp_path / "model" / "judge" / "judge.json").is_file()
+
+
+def test_usefulness_lines_name_the_figures_the_curation_and_the_picture():
+    from pipelines.stages import usefulness_lines
+
+    acc = {c: [0.8, 0.8] for c in ("real", "real+classic", "real+synth", "real+synth+classic")}
+    report = {
+        "class_names": ["a", "b"], "label_fidelity": 0.9, "fidelity_per_class": {}, "confidence": 0.8,
+        "cas": 0.95, "accuracy": {**acc, "synth": [0.7]}, "gain": 0.0, "frechet": 2.0, "frechet_floor": 1.0,
+        "images": {"train": 100, "heldout": 500, "synthetic": 100}, "recipe": {"steps": 10}, "seeds": 2,
+    }  # fmt: skip
+    curation = {"threshold": 0.5, "per_class": {"a": {"acceptance_rate": 0.5}, "b": {"acceptance_rate": 0.7}}}
+    lines = usefulness_lines(
+        {"usefulness": report, "curation": curation, "picture_path": "/x/usefulness.png"}
+    )
+    text = "\n".join(lines)
+    assert lines[0].startswith("The synthetic set has NO MEASURABLE EFFECT")
+    assert "label fidelity 0.900" in text and "CAS 0.950" in text and "Fréchet ratio 2.00" in text
+    assert "acceptance 0.50-0.70" in text and "/x/usefulness.png" in text
+    assert usefulness_lines({"usefulness": None, "usefulness_note": "off"}) == ["usefulness: off"]

@@ -93,3 +93,24 @@ def test_secrets_never_reach_saved_config():
     assert "eu" in text  # non-secret options are kept
     assert redact_secrets({"token": "x", "anon": True}) == {"token": "<redacted>", "anon": True}
     assert isinstance(cfg, PipelineConfig)
+
+
+def test_unset_likelihood_follows_a_non_unit_output_range():
+    from pipelines.config import load_config
+
+    cfg = load_config(None, ["model.output_activation=tanh"])
+    assert cfg.model.recon_loss == "gaussian"
+    assert (
+        load_config(None, ["model.output_activation=tanh", "model.recon_loss=mse"]).model.recon_loss == "mse"
+    )
+
+
+def test_training_budget_floor_in_optimizer_steps():
+    from pipelines.config import TrainConfig
+
+    t = TrainConfig(epochs=30, min_steps=3000, batch_size=128)
+    assert t.steps_per_pass(900) == 8 and t.passes_per_epoch(900) == 13
+    assert t.total_steps(900) == 30 * 13 * 8 >= 3000
+    assert TrainConfig(epochs=30, min_steps=0).passes_per_epoch(900) == 1
+    assert TrainConfig(epochs=30, min_steps=100, batch_size=128).passes_per_epoch(60000) == 1
+    assert "3120 optimizer steps" in t.budget_line(900)

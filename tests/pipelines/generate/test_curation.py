@@ -96,9 +96,29 @@ def test_report_lands_in_manifest_card_and_picture(runs):
     assert Image.open(root / "usefulness.png").width > 100
 
 
-def test_unconditional_model_skips_report_and_curation(ray_session, uncond_model, tmp_path):
-    cfg = make_cfg(str(tmp_path / "u"), report=QUICK_REPORT, curation_threshold=THRESHOLD)
+def test_unconditional_model_skips_the_report(ray_session, uncond_model, tmp_path):
+    cfg = make_cfg(str(tmp_path / "u"), report=QUICK_REPORT)
     result = generate(cfg, model_dir=uncond_model, progress=False, use_ray=False)
     assert result.usefulness is None and "unconditional" in (result.usefulness_note or "")
     assert result.curation == {}
     assert "Not measured" in (tmp_path / "u" / "README.md").read_text()
+
+
+def test_a_report_that_cannot_run_is_noted_and_the_dataset_still_commits(ray_session, model_dir, tmp_path):
+    # One synthetic row cannot be measured: the dataset is committed, the manifest says why.
+    cfg = make_cfg(str(tmp_path / "one"), report=QUICK_REPORT, num_samples=1)
+    result = generate(cfg, model_dir=model_dir, progress=False, use_ray=False)
+    assert result.rows == 1 and result.usefulness is None
+    assert "failed" in result.usefulness_note
+    manifest = json.loads((tmp_path / "one" / "manifest.json").read_text())
+    assert manifest["usefulness"] == {"skipped": result.usefulness_note}
+    assert (tmp_path / "one" / "_SUCCESS").is_file()
+
+
+def test_curation_of_an_unconditional_model_is_a_one_line_error(uncond_model, tmp_path):
+    from pipelines.errors import ModelError
+
+    cfg = make_cfg(str(tmp_path / "u"), curation_threshold=0.5)
+    with pytest.raises(ModelError, match="curation_threshold.*unconditional"):
+        generate(cfg, model_dir=uncond_model, progress=False, use_ray=False)
+    assert not (tmp_path / "u").exists()

@@ -74,7 +74,7 @@ def test_frechet_distance_of_gaussians_matches_the_closed_form():
 def test_verdict_and_headline_say_plainly_when_the_set_hurts():
     base = dict(
         class_names=NAMES, label_fidelity=0.4, fidelity_per_class={}, confidence=0.5, cas=0.6,
-        frechet=3.0, frechet_floor=1.0, images={"train": 1, "heldout": 1, "synthetic": 1},
+        frechet=3.0, frechet_floor=1.0, images={"train": 1000, "heldout": 10000, "synthetic": 1000},
         recipe={"steps": 10}, seeds=2,
     )  # fmt: skip
     acc = {"real": [0.83, 0.83], "real+classic": [0.82, 0.84], "real+synth": [0.80, 0.81], "synth": [0.5]}
@@ -85,11 +85,27 @@ def test_verdict_and_headline_say_plainly_when_the_set_hurts():
     assert helps.verdict == "helps" and "HELPS" in helps.headline()
     same = UsefulnessReport(**base, accuracy={**acc, "real+synth+classic": [0.834, 0.834]}, gain=0.004)
     assert same.verdict == "neutral"
+    few = UsefulnessReport(**{**base, "images": {"train": 100, "heldout": 12, "synthetic": 100}},
+                           accuracy={**acc, "real+synth+classic": [0.7, 0.7]}, gain=-0.13)  # fmt: skip
+    assert few.verdict == "inconclusive" and few.headline().startswith("INCONCLUSIVE")
+
+
+def test_noise_grows_with_a_small_held_out_set():
+    acc = {c: [0.8, 0.8] for c in ("real", "real+classic", "real+synth", "real+synth+classic")}
+    kw = dict(class_names=NAMES, label_fidelity=1.0, fidelity_per_class={}, confidence=1.0, cas=1.0,
+              accuracy={**acc, "synth": [0.8]}, gain=0.02, frechet=1.0, frechet_floor=1.0,
+              recipe={"steps": 1}, seeds=2)  # fmt: skip
+    big = UsefulnessReport(**kw, images={"train": 1, "heldout": 10000, "synthetic": 1})
+    small = UsefulnessReport(**kw, images={"train": 1, "heldout": 100, "synthetic": 1})
+    assert big.verdict == "helps"  # 2 points against a 0.4-point standard error
+    assert small.verdict == "neutral"  # the same 2 points are within 4 points of noise
 
 
 def test_report_round_trips_through_its_dict(real_as_synthetic):
     d = real_as_synthetic.to_dict()
     back = UsefulnessReport.from_dict(d)
     assert back == real_as_synthetic
-    assert d["verdict"] in ("helps", "hurts", "neutral") and not math.isnan(d["frechet_ratio"])
+    assert d["verdict"] in ("helps", "hurts", "neutral", "inconclusive") and not math.isnan(
+        d["frechet_ratio"]
+    )
     assert len(d["accuracy"]["real"]) == 2 and len(d["accuracy"]["synth"]) == 1
