@@ -263,7 +263,7 @@ class ReportConfig:
         batch_size: classifier batch size.
         width: channels of the classifier's first stage.
         synthetic_share: share of each real+synthetic batch drawn from the synthetic set.
-        max_synthetic: synthetic rows read back for the report (an even sample of larger sets).
+        max_synthetic: synthetic rows read back for the report (a seeded random sample of larger sets).
         flip: classic augmentation mirrors images left-right; null: only for RGB images.
     """
 

@@ -150,10 +150,11 @@ def _data_problem(data: ImageSet | None, model: Any, meta: dict[str, Any]) -> st
 
 
 def read_sample(fs: AbstractFileSystem, paths: list[str], total: int, max_rows: int) -> Pool:
-    """An even sample (every k-th row, k = ceil(total / max_rows)) of labelled rows of the files.
+    """A seeded uniform sample of at most `max_rows` labelled rows of the files (all rows if fewer).
 
-    Only the row groups that hold sampled rows are read, so a large dataset costs its sample, not
-    its size.
+    Random rather than every k-th row: labels cycle through the classes row by row, so a stride
+    sharing a factor with the number of classes would see only some of them. Only the row groups
+    that hold sampled rows are read, so a large dataset costs its sample, not its size.
 
     Args:
         fs: their filesystem.
@@ -164,7 +165,9 @@ def read_sample(fs: AbstractFileSystem, paths: list[str], total: int, max_rows: 
     Returns:
         Images (n, C, H, W) in [0, 1] and their requested labels (unlabelled rows are skipped).
     """
-    step = max(1, -(-total // max_rows))
+    chosen = np.arange(total)
+    if total > max_rows:
+        chosen = np.sort(np.random.default_rng(0).choice(total, size=max_rows, replace=False))
     pngs: list[bytes] = []
     labels: list[int] = []
     offset = 0  # global row number of the current row group's first row
@@ -173,7 +176,8 @@ def read_sample(fs: AbstractFileSystem, paths: list[str], total: int, max_rows: 
             pf = pq.ParquetFile(f)
             for group in range(pf.num_row_groups):
                 n = pf.metadata.row_group(group).num_rows
-                pick = np.arange((-offset) % step, n, step)
+                lo, hi = np.searchsorted(chosen, [offset, offset + n])
+                pick = chosen[lo:hi] - offset
                 offset += n
                 if len(pick):
                     _take(pf.read_row_group(group, columns=["image", "label"]), pick, pngs, labels)

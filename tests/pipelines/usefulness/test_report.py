@@ -109,3 +109,36 @@ def test_report_round_trips_through_its_dict(real_as_synthetic):
         d["frechet_ratio"]
     )
     assert len(d["accuracy"]["real"]) == 2 and len(d["accuracy"]["synth"]) == 1
+
+
+def test_the_sample_read_back_covers_every_class_whatever_the_stride(tmp_path):
+    """Labels cycle 0..K-1 row by row: a sample must not alias with that cycle (e.g. only even classes)."""
+    import fsspec
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    from pipelines.usefulness.dataset import read_sample
+
+    def png(value: int) -> bytes:
+        import io
+
+        buf = io.BytesIO()
+        Image.new("L", (8, 8), value).save(buf, format="PNG")
+        return buf.getvalue()
+
+    rows = 340
+    images = pa.StructArray.from_arrays(
+        [pa.array([png(i % 10) for i in range(rows)]), pa.array([f"{i}.png" for i in range(rows)])],
+        names=["bytes", "path"],
+    )
+    labels = pa.array([i % 10 for i in range(rows)], pa.int64())
+    pq.write_table(pa.table({"image": images, "label": labels}), tmp_path / "a.parquet", row_group_size=64)
+    sample = read_sample(fsspec.filesystem("file"), [str(tmp_path / "a.parquet")], rows, max_rows=170)
+    assert len(sample) == 170
+    assert set(sample.labels.tolist()) == set(range(10))
+    assert torch.allclose(
+        sample.images[:, 0, 0, 0] * 255, sample.labels.float()
+    )  # image and label stay paired
+    again = read_sample(fsspec.filesystem("file"), [str(tmp_path / "a.parquet")], rows, max_rows=170)
+    assert torch.equal(again.images, sample.images)  # seeded
