@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from PIL import ExifTags, Image, UnidentifiedImageError
 
+from pipelines.data.filesystems import first_line
+
 #: File extensions the file-based sources accept (compared case-insensitively).
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg")
 
@@ -57,8 +59,7 @@ def read_header(data: bytes) -> ImageHeader:
     except UnidentifiedImageError:
         raise ImageDecodeError("cannot identify image file") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ImageDecodeError(reason) from None
+        raise ImageDecodeError(first_line(exc)) from None
 
 
 def _orientation(img: Image.Image) -> int:

@@ -24,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pipelines.config import PipelineConfig
+from pipelines.data.filesystems import first_line
 from pipelines.data.imageset import ImageSet
 from pipelines.errors import DataError, ModelError
 from pipelines.generate.actors import ShardWriter
@@ -287,9 +288,8 @@ def _measure(
         picture = usefulness_picture(report, sample, judging.judge, judging.real)
         target.fs.pipe_file(join(target.root, PICTURE), picture)
     except Exception as exc:  # noqa: BLE001 - any failure of the measurement becomes its note
-        text = str(exc).strip().splitlines()
-        log.warning("usefulness report failed: %s", text[0] if text else type(exc).__name__)
-        return None, f"the usefulness report failed: {text[0] if text else type(exc).__name__}"
+        log.warning("usefulness report failed: %s", first_line(exc))
+        return None, f"the usefulness report failed: {first_line(exc)}"
     return report, None
 
 

@@ -18,6 +18,7 @@ from fsspec import AbstractFileSystem
 
 from pipelines.config import PipelineConfig, ReportConfig
 from pipelines.data.decode import decode_png
+from pipelines.data.filesystems import first_line
 from pipelines.data.imageset import ImageSet
 from pipelines.errors import DataError
 from pipelines.usefulness.classifier import Pool, Recipe, SmallCNN, predict
@@ -89,11 +90,6 @@ class Judging:
     note: str | None = None
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def prepare_judging(
     cfg: PipelineConfig, model: Any, model_dir: str, model_opts: dict[str, Any], meta: dict[str, Any],
     data: ImageSet | None, curate: bool,
@@ -128,7 +124,7 @@ def prepare_judging(
         if curate:
             raise
         return Judging(
-            note=f"no usefulness report: cannot save the judge under {model_dir!r}: {_first_line(exc)}"
+            note=f"no usefulness report: cannot save the judge under {model_dir!r}: {first_line(exc)}"
         )
     info = read_judge_info(model_dir, model_opts) if curate else None
     return Judging(real=real, judge=judge, judge_sha=info.weights_sha256 if info else None, note=note)
