@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-from pipelines.data.config import DataConfig
+from pipelines.data.config import URL_SOURCES, DataConfig
 from vae.config import ConfigError, VAEConfig
 
 
@@ -174,7 +175,10 @@ class GenerateConfig:
         interpolations: number of pairs of real images to interpolate between.
         interpolation_steps: images per interpolation (both ends included), >= 2.
         temperature: prior scale for `num_samples` and `per_class`.
-        seed: the job's seed; shard i's randomness derives from (seed, i) only.
+        seed: the job's seed (an int >= 0); shard i's randomness derives from (seed, i) only. "per_run"
+            derives a new seed for every run from the run's time (the scheduled time under Prefect,
+            else the start time): a retry of the same scheduled run writes the same bytes, the next
+            night's run different ones. The manifest's provenance records the seed and its source.
         shard_size: at most this many rows per output file.
         batch_size: decoder batch size (256 suits CPUs; raise it on GPUs).
         num_actors: Ray actors decoding in parallel (None: one per GPU, or one per `cpus_per_actor`
@@ -182,8 +186,13 @@ class GenerateConfig:
         cpus_per_actor: CPUs each actor reserves and torch threads it uses (the output does not
             depend on it for a given thread count: keep it fixed across runs for byte-identical files).
         output: dataset directory (local path or fsspec URL); None: `<output_dir>/synthetic`.
-        if_exists: what to do when a committed dataset is already there: "error", "overwrite",
-            or "new_version" (write to the next `vN` subdirectory).
+        if_exists: "error" (default) or "overwrite" write one dataset at `output` itself; "error"
+            refuses a committed one there, "overwrite" replaces it. "new_version" keeps every run:
+            `output` becomes a directory of complete datasets `v1/`, `v2/`, ... (v1 on the first run)
+            and a `_LATEST` pointer file, moved to each new version after it is committed; readers
+            opening `output` follow the pointer, `output/v2` opens a version. A directory of versions
+            refuses "error" and "overwrite", and "new_version" refuses a directory holding one
+            unversioned dataset (move its files into `v1/` first).
         png_compression: zlib level of the PNGs (0-9); 1 is fast and small enough for small images.
         storage_options: fsspec options for `output`.
         curation_threshold: keep a "prior"/"class" image only when a classifier trained on the real
@@ -201,7 +210,7 @@ class GenerateConfig:
     interpolations: int = 0
     interpolation_steps: int = 8
     temperature: float = 1.0
-    seed: int = 0
+    seed: int | str = 0  # an int >= 0 or "per_run" (__post_init__ names the fix; a Literal would not)
     shard_size: int = 10_000
     batch_size: int = 256
     num_actors: int | None = None
@@ -237,6 +246,11 @@ class GenerateConfig:
                 "must be in (0, 1), or null for no curation",
             ),
             (self.curation_max_rounds >= 1, "curation_max_rounds", "must be >= 1"),
+            (
+                self.seed == "per_run" or (isinstance(self.seed, int) and self.seed >= 0),
+                "seed",
+                "must be an int >= 0, or per_run for a seed derived from each run's time",
+            ),
         ]
         for ok, key, fix in checks:
             if not ok:
@@ -304,7 +318,9 @@ class PipelineConfig:
         flow: Prefect orchestration (caching, retries, result storage).
         report: the usefulness report of the synthetic set.
         conditional: train a class-conditional VAE on the data's labels (sets `model.num_classes`).
-        output_dir: where the model (`model/`), reports and, by default, the dataset go.
+        output_dir: where the model (`model/`), reports and, by default, the dataset go; None (the
+            default): `./outputs/<data name>`, see `default_output_dir` (`outputs/digits` for the
+            embedded digits, `outputs/flowers` for `data.path=/x/flowers`).
 
     Attributes:
         infer_from_data: the `model` keys ("image_size", "channels") that `load_config` found unset,
@@ -320,30 +336,37 @@ class PipelineConfig:
     flow: FlowConfig = field(default_factory=FlowConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     conditional: bool = True
-    output_dir: str = "./outputs/digits"
+    output_dir: str | None = None
     infer_from_data: tuple[str, ...] = field(default=(), init=False, compare=False)
 
     def __post_init__(self) -> None:
         # Local paths become absolute now: Ray workers and actors may run in another working directory
         # (e.g. Ray's `uv run` runtime env), where "./outputs" would point elsewhere.
+        if self.data.path is not None:
+            self.data.path = absolute_local(self.data.path)
+        if self.output_dir is None:
+            self.output_dir = default_output_dir(self.data)
         self.output_dir = absolute_local(self.output_dir)
         self.train.storage_path = absolute_local(self.train.storage_path)
         if self.generate.output is not None:
             self.generate.output = absolute_local(self.generate.output)
         if self.flow.result_storage is not None:
             self.flow.result_storage = absolute_local(self.flow.result_storage)
-        if self.data.path is not None:
-            self.data.path = absolute_local(self.data.path)
 
     @property
     def model_dir(self) -> str:
         """The stable location of the exported model that the sampling stage reads."""
-        return self.output_dir.rstrip("/") + "/model"
+        return self._output_root + "/model"
 
     @property
     def dataset_dir(self) -> str:
         """Where the synthetic dataset is written."""
-        return self.generate.output or self.output_dir.rstrip("/") + "/synthetic"
+        return self.generate.output or self._output_root + "/synthetic"
+
+    @property
+    def _output_root(self) -> str:
+        assert self.output_dir is not None  # set by __post_init__
+        return self.output_dir.rstrip("/")
 
     def to_dict(self, redact: bool = False) -> dict[str, Any]:
         """Plain JSON/YAML-ready dict (tuples as lists).
@@ -358,6 +381,29 @@ class PipelineConfig:
             for section in ("data", "generate"):
                 out[section]["storage_options"] = redact_secrets(out[section]["storage_options"])
         return out
+
+
+#: Characters kept in a data name used as a directory name (others become "_").
+_UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def data_name(data: DataConfig) -> str:
+    """A short directory-safe name of the data: the source for the built-in sources ("digits",
+    "mnist", ...), the last part of `data.path` for "folder"/"parquet" (`/x/flowers` -> "flowers",
+    `s3://bucket/pets/` -> "pets", `/x/pets.parquet` -> "pets"), or the source when it has no usable name.
+    """
+    if data.source not in URL_SOURCES or not data.path:
+        return data.source
+    last = data.path.split("://", 1)[-1].rstrip("/").rsplit("/", 1)[-1]
+    if last.lower().endswith(".parquet"):
+        last = last[: -len(".parquet")]
+    name = _UNSAFE_NAME_CHARS.sub("_", last).strip("._-")
+    return name or data.source
+
+
+def default_output_dir(data: DataConfig) -> str:
+    """`./outputs/<data_name(data)>`: the `output_dir` of a config that does not set one."""
+    return f"./outputs/{data_name(data)}"
 
 
 def absolute_local(path: str) -> str:

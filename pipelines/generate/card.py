@@ -68,6 +68,9 @@ def dataset_card(manifest: dict[str, Any]) -> str:
         f"{manifest['rows']} PNG images ({w}x{h}, {c} channel(s)) decoded from latents of dimension "
         f"{manifest['latent_dim']}, in {len(files)} Parquet file(s) under `data/`.",
         "",
+        *preview_section(manifest.get("preview")),
+        "## Rows",
+        "",
         "| method | rows |",
         "|---|---|",
         *[f"| {m} | {n} |" for m, n in manifest["per_method"].items()],
@@ -93,7 +96,7 @@ def dataset_card(manifest: dict[str, Any]) -> str:
         "## Provenance",
         "",
         f"- model weights sha256: `{prov['model_sha256']}`",
-        f"- seed: {prov['seed']}, job id: `{prov['job_id']}`",
+        f"- seed: {prov['seed']} ({prov.get('seed_source') or 'fixed'}), job id: `{prov['job_id']}`",
         f"- vaeaug {prov['vaeaug_version']}, torch {prov['torch_version']}",
         f"- created: {manifest['created_at']}",
         "",
@@ -106,6 +109,18 @@ def dataset_card(manifest: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def preview_section(preview: str | dict[str, Any] | None) -> list[str]:
+    """Card lines: the preview grid (the manifest's `preview`: its file name, or {"skipped": why})."""
+    if preview is None:  # a dataset written before previews existed
+        return []
+    lines = ["## Preview", ""]
+    if isinstance(preview, str):
+        lines += [f"![the first rows of each class]({preview})", ""]
+    else:
+        lines += [f"Not drawn: {preview.get('skipped') or 'unknown reason'}.", ""]
+    return lines
 
 
 def usefulness_section(report: dict[str, Any], curation: dict[str, Any]) -> list[str]:
@@ -155,4 +170,4 @@ def usefulness_section(report: dict[str, Any], curation: dict[str, Any]) -> list
     return lines
 
 
-__all__ = ["dataset_card", "features_yaml", "usefulness_section"]
+__all__ = ["dataset_card", "features_yaml", "preview_section", "usefulness_section"]

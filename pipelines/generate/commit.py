@@ -3,6 +3,7 @@
 Layout of a dataset directory (local path or any fsspec URL):
 
     data/part-00000-of-00012.parquet ...   shards, deterministic names
+    preview.png                            a grid of the first rows of each class
     README.md                              dataset card (Hugging Face front matter)
     manifest.json                          files, row counts, per-class counts, schema, provenance
     _SUCCESS                               written last: the dataset is complete
@@ -11,32 +12,54 @@ A directory without `_SUCCESS` is uncommitted and readers refuse it. Before any 
 `resolve_output` checks the output (an existing committed dataset is kept unless `if_exists` says
 "overwrite" or "new_version") and probes that it is writable; `prepare_output` then removes what
 will be replaced (the marker first, so a half-removed dataset never looks committed).
+
+With `if_exists="new_version"` the configured output is a directory of versions, each a complete
+dataset as above, beside a pointer to the newest committed one:
+
+    v1/ v2/ v3/                            complete datasets, never changed once committed
+    _LATEST                                {"version": "v3", "rows": ..., "manifest_sha256": ...}
+
+`_LATEST` is written after the version's `_SUCCESS`, so it only ever names a committed version;
+readers opening the output follow it (`pipelines.readers.open_dataset`). Its name starts with "_"
+so Parquet dataset discovery skips it, like `_SUCCESS`. A version directory left without
+`_SUCCESS` by a failed run is never reused: the next run takes the next number.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import re
 import uuid
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import fsspec
 from fsspec import AbstractFileSystem
+from fsspec.implementations.local import LocalFileSystem
 
 from pipelines.errors import StorageError
 from pipelines.generate.shard import DATA_DIR, ShardStats
+
+log = logging.getLogger(__name__)
 
 MARKER = "_SUCCESS"
 MANIFEST = "manifest.json"
 CARD = "README.md"
 #: Per class: synthetic images beside real held-out ones, with the usefulness report's label fidelity.
 PICTURE = "usefulness.png"
+#: The first rows of each class as a grid (every dataset; see `pipelines.generate.preview`).
+PREVIEW = "preview.png"
 #: Entries of a dataset directory that belong to us (anything else there is the user's).
-OWN_ENTRIES = (MARKER, MANIFEST, CARD, PICTURE, DATA_DIR)
-_VERSION = re.compile(r"^v(\d+)$")
-_PROBE_PREFIX = ".vaeaug-write-probe-"
+OWN_ENTRIES = (MARKER, MANIFEST, CARD, PICTURE, PREVIEW, DATA_DIR)
+#: In a directory of versions (`if_exists="new_version"`): JSON naming the newest committed version.
+LATEST = "_LATEST"
+_VERSION = re.compile(r"^v([1-9]\d*)$")
+_TMP_PREFIX = ".vaeaug-"  # write probes and pointers being written (never part of a dataset)
+_PROBE_PREFIX = _TMP_PREFIX + "write-probe-"
 
 
 def redact_url(url: str) -> str:
@@ -64,11 +87,14 @@ class OutputTarget:
     """Where the dataset goes and what must be removed first.
 
     Args:
-        url: the dataset directory as the user sees it (may be a `vN` under the configured output).
+        url: the dataset directory as the user sees it (`<output>/vN` for "new_version").
         fs: its filesystem.
         root: `url` in `fs`'s notation.
         storage_options: fsspec options (never written anywhere).
-        remove: entries of `root` to delete before writing (old or leftover dataset files).
+        remove: entries of `base_root` to delete before writing (old or leftover dataset files).
+        base_url: the configured output (== `url` unless `version` is set).
+        base_root: `base_url` in `fs`'s notation.
+        version: "vN" when writing a new version (the commit then moves `_LATEST` to it), else None.
     """
 
     url: str
@@ -76,6 +102,82 @@ class OutputTarget:
     root: str
     storage_options: dict[str, Any] = field(default_factory=dict, repr=False)
     remove: list[str] = field(default_factory=list)
+    base_url: str = ""
+    base_root: str = ""
+    version: str | None = None
+
+    def __post_init__(self) -> None:
+        self.base_url = self.base_url or self.url
+        self.base_root = self.base_root or self.root
+
+
+@dataclass(frozen=True)
+class LatestPointer:
+    """The content of `_LATEST`: the newest committed version of a directory of versions.
+
+    Args:
+        version: the version directory's name ("v3"), relative to the pointer's directory.
+        rows: rows of that version.
+        manifest_sha256: sha256 of its manifest.json (as in its `_SUCCESS` marker).
+        committed_at: when the pointer was moved there (UTC, ISO 8601).
+    """
+
+    version: str
+    rows: int
+    manifest_sha256: str
+    committed_at: str = ""
+
+    def to_json(self) -> bytes:
+        """The pointer file's bytes."""
+        return json.dumps(
+            {
+                "version": self.version,
+                "rows": self.rows,
+                "manifest_sha256": self.manifest_sha256,
+                "committed_at": self.committed_at,
+            }
+        ).encode()
+
+    @classmethod
+    def from_json(cls, blob: bytes) -> LatestPointer:
+        """Parse a pointer file.
+
+        Raises:
+            ValueError: not JSON, or no valid version name (only `vN` is accepted: never a path).
+        """
+        data = json.loads(blob)
+        version = data.get("version") if isinstance(data, dict) else None
+        if not isinstance(version, str) or version_number(version) is None:
+            raise ValueError(f"no valid version in {blob[:80]!r}")
+        return cls(version, int(data.get("rows") or 0), str(data.get("manifest_sha256") or ""),
+                   str(data.get("committed_at") or ""))  # fmt: skip
+
+
+def version_number(name: str) -> int | None:
+    """N of a version directory's name "vN" (N >= 1), else None."""
+    m = _VERSION.match(name)
+    return int(m.group(1)) if m else None
+
+
+def list_versions(fs: AbstractFileSystem, root: str) -> list[str]:
+    """The version directories ("v1", "v2", ...) directly under `root`, in number order (committed
+    or not)."""
+    names = [n for n in _names(fs, root) if version_number(n) is not None]
+    return sorted(names, key=lambda n: version_number(n) or 0)
+
+
+def read_latest(fs: AbstractFileSystem, root: str) -> LatestPointer | None:
+    """The `_LATEST` pointer under `root`, or None when there is none.
+
+    Raises:
+        ValueError: the pointer exists but cannot be parsed.
+    """
+    path = join(root, LATEST)
+    try:
+        blob = fs.cat_file(path)
+    except FileNotFoundError:
+        return None
+    return LatestPointer.from_json(blob)
 
 
 def open_fs(url: str, storage_options: dict[str, Any] | None = None) -> tuple[AbstractFileSystem, str]:
@@ -117,20 +219,64 @@ def _probe(fs: AbstractFileSystem, root: str, url: str) -> None:
         ) from None
 
 
+def _check_foreign(url: str, names: list[str]) -> None:
+    foreign = [
+        n
+        for n in names
+        if n not in OWN_ENTRIES
+        and n != LATEST
+        and version_number(n) is None
+        and not n.startswith(_TMP_PREFIX)
+    ]
+    if foreign:
+        raise StorageError(
+            f"generate.output {redact_url(url)!r} holds files that are not part of a vaeaug dataset "
+            f"(e.g. {foreign[:3]}): choose an empty or new directory"
+        )
+
+
+def _refuse(url: str, if_exists: str, committed: bool, names: list[str]) -> None:
+    """Raise for the combinations of what is at `url` and `if_exists` that are refused."""
+    shown = redact_url(url)
+    versions = sorted(
+        (n for n in names if version_number(n) is not None), key=lambda n: version_number(n) or 0
+    )
+    if if_exists == "new_version" and committed:
+        raise StorageError(
+            f"generate.output {shown!r} holds an unversioned dataset, and generate.if_exists=new_version "
+            f"keeps versions as v1/, v2/... beside a {LATEST} pointer: move its files ({MARKER}, {MANIFEST}, "
+            f"{DATA_DIR}/...) into {join(shown, 'v1')!r}, or choose another generate.output"
+        )
+    if if_exists != "new_version" and not committed and (LATEST in names or versions):
+        nxt = f"v{max([0, *(version_number(v) or 0 for v in versions)]) + 1}"
+        raise StorageError(
+            f"generate.output {shown!r} holds versions ({', '.join(versions[-3:]) or 'a ' + LATEST}), "
+            f"which generate.if_exists={if_exists} would mix with a dataset of its own: set "
+            f"generate.if_exists=new_version to add {nxt}/, or choose another generate.output"
+        )
+    if if_exists == "error" and committed:
+        raise StorageError(
+            f"a committed dataset already exists at {shown!r}: set generate.if_exists=overwrite "
+            "to replace it, or choose another generate.output (an empty one for "
+            "generate.if_exists=new_version, which keeps every run as v1/, v2/...)"
+        )
+
+
 def resolve_output(url: str, if_exists: str, storage_options: dict[str, Any] | None = None) -> OutputTarget:
     """Decide where to write and check it, without changing anything but a probe file.
 
     Args:
         url: the configured dataset directory (local path or fsspec URL).
-        if_exists: "error", "overwrite" or "new_version" (what to do with a committed dataset there).
+        if_exists: "error", "overwrite" or "new_version" (see `GenerateConfig.if_exists`).
         storage_options: fsspec options.
 
     Returns:
-        The `OutputTarget` (a fresh `vN` subdirectory for "new_version" when `url` is committed).
+        The `OutputTarget`: `url` itself, or for "new_version" the next `vN` under it (v1 first).
 
     Raises:
-        StorageError: a committed dataset is there and `if_exists` is "error"; the directory holds
-            files that are not ours; or it cannot be written.
+        StorageError: a committed dataset is there and `if_exists` is "error"; versions are there and
+            `if_exists` is not "new_version"; an unversioned dataset is there and `if_exists` is
+            "new_version"; the directory holds files that are not ours; or it cannot be written.
     """
     fs, root = open_fs(url, storage_options)
     opts = dict(storage_options or {})
@@ -142,27 +288,18 @@ def resolve_output(url: str, if_exists: str, storage_options: dict[str, Any] | N
             f"cannot read generate.output {redact_url(url)!r} ({type(exc).__name__}: {_first_line(exc)}): "
             "check the path and credentials"
         ) from None
-    if committed and if_exists == "error":
-        raise StorageError(
-            f"a committed dataset already exists at {redact_url(url)!r}: set generate.if_exists=overwrite "
-            "to replace it, generate.if_exists=new_version to write v2/, v3/... beside it, or choose "
-            "another generate.output"
+    _refuse(url, if_exists, committed, names)
+    _check_foreign(url, names)
+    leftovers = [n for n in OWN_ENTRIES if n in names]  # uncommitted, or replaced by "overwrite"
+    if if_exists == "new_version":
+        number = max([0, *(version_number(n) or 0 for n in names)]) + 1
+        version = f"v{number}"
+        target = OutputTarget(
+            join(url, version), fs, join(root, version), opts, leftovers, url, root, version=version
         )
-    if committed and if_exists == "new_version":
-        taken = [int(m.group(1)) for n in names if (m := _VERSION.match(n))]
-        version = f"v{max([1, *taken]) + 1}"
-        target = OutputTarget(join(url, version), fs, join(root, version), opts)
         _probe(fs, target.root, target.url)
         return target
-    foreign = [
-        n for n in names if n not in OWN_ENTRIES and not _VERSION.match(n) and not n.startswith(_PROBE_PREFIX)
-    ]
-    if foreign:
-        raise StorageError(
-            f"generate.output {redact_url(url)!r} holds files that are not part of a vaeaug dataset "
-            f"(e.g. {foreign[:3]}): choose an empty or new directory"
-        )
-    target = OutputTarget(url, fs, root, opts, remove=[n for n in OWN_ENTRIES if n in names])
+    target = OutputTarget(url, fs, root, opts, remove=leftovers)
     _probe(fs, root, url)
     return target
 
@@ -178,16 +315,16 @@ def prepare_output(target: OutputTarget) -> None:
     """
     order = sorted(target.remove, key=lambda n: n != MARKER)  # marker first
     for name in order:
-        path = join(target.root, name)
+        path = join(target.base_root, name)
         try:
             target.fs.rm(path, recursive=True)
         except FileNotFoundError:
             continue
         except Exception as exc:
             raise StorageError(
-                f"cannot remove the old {name!r} in {redact_url(target.url)!r}: {_first_line(exc)}"
+                f"cannot remove the old {name!r} in {redact_url(target.base_url)!r}: {_first_line(exc)}"
             ) from None
-    target.fs.invalidate_cache(target.root)
+    target.fs.invalidate_cache(target.base_root)
 
 
 def verify_files(target: OutputTarget, stats: list[ShardStats]) -> None:
@@ -222,7 +359,8 @@ def verify_files(target: OutputTarget, stats: list[ShardStats]) -> None:
 
 
 def commit(target: OutputTarget, manifest: dict[str, Any], card: str) -> str:
-    """Write the dataset card, the manifest and, last, the `_SUCCESS` marker.
+    """Write the dataset card, the manifest and the `_SUCCESS` marker; for a new version, then move
+    the `_LATEST` pointer of the configured output to it.
 
     Args:
         target: the output.
@@ -231,6 +369,9 @@ def commit(target: OutputTarget, manifest: dict[str, Any], card: str) -> str:
 
     Returns:
         The manifest's URL.
+
+    Raises:
+        StorageError: a file cannot be written (nothing is committed when the marker is not).
     """
     blob = json.dumps(manifest, indent=2, sort_keys=False).encode()
     marker = {"rows": manifest.get("rows"), "manifest_sha256": _sha256(blob)}
@@ -240,28 +381,81 @@ def commit(target: OutputTarget, manifest: dict[str, Any], card: str) -> str:
         target.fs.pipe_file(join(target.root, MARKER), json.dumps(marker).encode())
     except Exception as exc:
         raise StorageError(f"cannot commit {redact_url(target.url)!r}: {_first_line(exc)}") from None
+    if target.version is not None:
+        committed_at = datetime.now(UTC).isoformat(timespec="seconds")
+        point_latest(
+            target, LatestPointer(target.version, int(manifest["rows"]), _sha256(blob), committed_at)
+        )
     return join(target.url, MANIFEST)
 
 
-def _sha256(data: bytes) -> str:
-    import hashlib
+def point_latest(target: OutputTarget, pointer: LatestPointer) -> bool:
+    """Move `_LATEST` in `target.base_root` to `pointer`, unless it names a newer version already
+    (a later run that committed first keeps it: the pointer never goes back).
 
+    Args:
+        target: a new-version target whose version is committed.
+        pointer: what to write.
+
+    Returns:
+        Whether the pointer was moved.
+
+    Raises:
+        StorageError: the pointer cannot be written (the version stays committed and readable
+            directly; readers of the output keep the previous version).
+    """
+    fs, path = target.fs, join(target.base_root, LATEST)
+    try:
+        current = read_latest(fs, target.base_root)
+    except ValueError:
+        current = None  # unreadable: replace it
+    if current is not None and (version_number(current.version) or 0) > (
+        version_number(pointer.version) or 0
+    ):
+        log.warning(
+            "%s already names %s, newer than %s: left as it is", LATEST, current.version, pointer.version
+        )
+        return False
+    try:
+        if isinstance(fs, LocalFileSystem):  # a reader never sees a half-written pointer
+            tmp = join(target.base_root, f"{_TMP_PREFIX}latest-{uuid.uuid4().hex}")
+            fs.pipe_file(tmp, pointer.to_json())
+            fs.mv(tmp, path)
+        else:  # object stores replace an object in one PUT
+            fs.pipe_file(path, pointer.to_json())
+    except Exception as exc:
+        raise StorageError(
+            f"{redact_url(target.url)!r} is committed but {LATEST} in {redact_url(target.base_url)!r} could "
+            f"not be moved to it ({_first_line(exc)}): open the version directly, or re-run"
+        ) from None
+    fs.invalidate_cache(target.base_root)
+    return True
+
+
+def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
 __all__ = [
     "CARD",
+    "LATEST",
     "MANIFEST",
     "MARKER",
     "OWN_ENTRIES",
     "PICTURE",
+    "PREVIEW",
+    "LatestPointer",
     "OutputTarget",
     "commit",
     "is_committed",
     "join",
+    "list_versions",
     "open_fs",
+    "point_latest",
     "prepare_output",
+    "read_latest",
     "redact_url",
     "resolve_output",
     "verify_files",
+    "version_number",
 ]

@@ -8,6 +8,8 @@ committed unless every shard was written and checked.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import hashlib
 import json
 import logging
@@ -24,13 +26,17 @@ import torch
 from tqdm.auto import tqdm
 
 from pipelines.config import PipelineConfig
+from pipelines.console import console
 from pipelines.data.filesystems import first_line
 from pipelines.data.imageset import ImageSet
 from pipelines.errors import DataError, ModelError
 from pipelines.generate.actors import ShardWriter
 from pipelines.generate.card import dataset_card
 from pipelines.generate.commit import (
+    LATEST,
     PICTURE,
+    PREVIEW,
+    OutputTarget,
     commit,
     join,
     prepare_output,
@@ -44,10 +50,12 @@ from pipelines.generate.plan import (
     class_names_for,
     make_plan,
     needs_real_data,
+    resolve_seed,
     source_images,
     validate_request,
 )
 from pipelines.generate.png import backend_version, default_backend
+from pipelines.generate.preview import preview_png
 from pipelines.generate.schema import arrow_schema, hf_features, row_group_rows
 from pipelines.generate.shard import JobSpec, ShardStats
 from pipelines.usefulness.dataset import Judging, prepare_judging
@@ -67,7 +75,7 @@ class GenerateResult:
     """What a generation job wrote.
 
     Args:
-        dataset_dir: the committed dataset directory (a `vN` subdirectory for "new_version").
+        dataset_dir: the committed dataset directory (`<output>/vN` for "new_version").
         rows: rows written.
         files: the Parquet files, as URLs.
         per_class: rows per class name (empty for an unconditional model).
@@ -83,6 +91,11 @@ class GenerateResult:
         usefulness_note: why there is no report, when there is none.
         curation: per-class acceptance of the curated rows (empty without curation).
         picture_path: URL of the per-class picture (`usefulness.png`), or None.
+        preview_path: URL of the preview grid (`preview.png`), or None when it could not be drawn.
+        output_dir: the configured output (== `dataset_dir` unless a new version was written).
+        version: "vN" for "new_version" (the output's `_LATEST` then names it), else None.
+        seed: the integer seed the shards used.
+        seed_source: where it came from ("fixed", "per_run from run time ...").
     """
 
     dataset_dir: str
@@ -101,6 +114,11 @@ class GenerateResult:
     usefulness_note: str | None = None
     curation: dict[str, Any] = field(default_factory=dict)
     picture_path: str | None = None
+    preview_path: str | None = None
+    output_dir: str = ""
+    version: str | None = None
+    seed: int = 0
+    seed_source: str = ""
 
 
 def _package_version() -> str:
@@ -215,7 +233,7 @@ def _progress(total: int, enabled: bool) -> tqdm:
         unit="img",
         unit_scale=total >= 10_000,
         desc="generate",
-        disable=not enabled,
+        disable=None if enabled else True,  # None: a bar on a terminal, nothing in logs and pipes
         smoothing=0.3,
     )
 
@@ -229,6 +247,7 @@ def _manifest(
     model: Any,
     model_dir: str,
     created_at: str,
+    seed_source: str,
 ) -> dict[str, Any]:
     labels: Counter[int] = Counter()
     methods: Counter[str] = Counter()
@@ -260,6 +279,7 @@ def _manifest(
         "arrow_schema": job.schema.remove_metadata().to_string(),
         "provenance": {
             **provenance,
+            "seed_source": seed_source,  # not in the Parquet metadata: a fixed seed keeps its bytes
             "created_at": created_at,
             "model_dir": redact_url(model_dir),
             "config": _sanitized_config(cfg),
@@ -332,12 +352,38 @@ def _real_data(cfg: PipelineConfig, model: Any, data: ImageSet | None, required:
         return None
 
 
+def _with_seed(cfg: PipelineConfig, seed: int) -> PipelineConfig:
+    """A shallow copy of `cfg` whose `generate.seed` is the resolved integer."""
+    out = copy.copy(cfg)
+    out.generate = dataclasses.replace(cfg.generate, seed=seed)
+    return out
+
+
+def _write_preview(target: OutputTarget, stats: list[ShardStats], plan: JobPlan) -> str | dict[str, str]:
+    """Draw the preview grid from the written shards; the manifest's `preview` entry.
+
+    Returns:
+        `PREVIEW` (its name in the dataset directory), or {"skipped": why} when it could not be
+        drawn: a picture must not cost the dataset.
+    """
+    t0 = time.perf_counter()
+    try:
+        png = preview_png(target.fs, target.root, stats, plan.class_names, plan.num_classes is not None)
+        target.fs.pipe_file(join(target.root, PREVIEW), png)
+    except Exception as exc:  # noqa: BLE001 - any failure becomes the manifest's note
+        log.warning("preview grid failed: %s", first_line(exc))
+        return {"skipped": f"the preview grid failed: {first_line(exc)}"}
+    log.debug("preview grid in %.2f s", time.perf_counter() - t0)
+    return PREVIEW
+
+
 def generate(
     cfg: PipelineConfig,
     model_dir: str | None = None,
     data: ImageSet | None = None,
     progress: bool = True,
     use_ray: bool = True,
+    run_time: datetime | None = None,
 ) -> GenerateResult:
     """Sample the dataset `cfg.generate` describes, measure its usefulness, and commit it.
 
@@ -348,6 +394,8 @@ def generate(
         data: the real images (in the model's range); None: loaded from `cfg.data` when needed.
         progress: show a progress bar (rows done / total, rows/s).
         use_ray: fan out to Ray actors; False writes every shard in this process (same bytes).
+        run_time: the run's time (a Prefect flow run's scheduled start); `generate.seed=per_run`
+            derives the seed from it (the same time gives the same bytes). None: now, in UTC.
 
     Returns:
         `GenerateResult` describing the committed dataset (with its usefulness report).
@@ -358,6 +406,8 @@ def generate(
             dataset, an unwritable output or a failed shard. Nothing is committed in any of these cases.
     """
     model_dir = model_dir or cfg.model_dir
+    seed, seed_source = resolve_seed(cfg.generate.seed, run_time)
+    cfg = _with_seed(cfg, seed)  # everything below (plan, shards, job id, manifest) sees the int
     g = cfg.generate
     model_opts = _model_storage_options(model_dir, cfg)
     model, meta = _load_model(model_dir, model_opts)
@@ -387,19 +437,28 @@ def generate(
             writer = ShardWriter.in_process(model, job, sources, target.fs, target.root, judging.judge)
             stats, n_actors, startup = run_local(plan, writer, bar), 0, 0.0
     verify_files(target, stats)
-    report, why_not = _measure(cfg, judging, target, stats, plan.total_rows)
-    manifest = _manifest(cfg, plan, job, provenance, stats, model, model_dir, created_at)
+    with console.stage("usefulness report") as stage:
+        report, why_not = _measure(cfg, judging, target, stats, plan.total_rows)
+        stage.note(
+            f"{report.verdict}, gain {100 * report.gain:+.1f} points" if report else f"skipped: {why_not}"
+        )
+    manifest = _manifest(cfg, plan, job, provenance, stats, model, model_dir, created_at, seed_source)
+    manifest["preview"] = _write_preview(target, stats, plan)
     manifest["curation"] = _curation_summary(cfg, plan, stats)
     manifest["usefulness"] = report.to_dict() if report is not None else {"skipped": why_not}
     manifest_path = commit(target, manifest, dataset_card(manifest))
     seconds = time.perf_counter() - t_start - startup
     log.info("committed %d rows to %s in %.1f s", manifest["rows"], redact_url(target.url), seconds)
+    if target.version is not None:
+        log.info(
+            "version %s of %s (readers of it follow %s)", target.version, redact_url(target.base_url), LATEST
+        )
     return _result(target, manifest, manifest_path, stats, seconds, n_actors, startup, report is not None)
 
 
 def _result(
-    target: Any, manifest: dict[str, Any], manifest_path: str, stats: list[ShardStats], seconds: float,
-    n_actors: int, startup: float, has_picture: bool,
+    target: OutputTarget, manifest: dict[str, Any], manifest_path: str, stats: list[ShardStats],
+    seconds: float, n_actors: int, startup: float, has_picture: bool,
 ) -> GenerateResult:  # fmt: skip
     peaks: dict[int, float] = {}
     for s in stats:
@@ -427,6 +486,11 @@ def _result(
         usefulness_note=usefulness.get("skipped"),
         curation=manifest["curation"],
         picture_path=join(target.url, PICTURE) if has_picture else None,
+        preview_path=join(target.url, PREVIEW) if manifest["preview"] == PREVIEW else None,
+        output_dir=target.base_url,
+        version=target.version,
+        seed=manifest["provenance"]["seed"],
+        seed_source=manifest["provenance"]["seed_source"],
     )
 
 

@@ -10,15 +10,19 @@ pair r // steps), so the plan stays tiny however many rows are asked for.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import numpy as np
 
 from pipelines.config import GenerateConfig
 from pipelines.data.imageset import ImageSet
 from pipelines.errors import DataError, ModelError, PipelineError
-from vae.config import VAEConfig
+from vae.config import ConfigError, VAEConfig
 
+#: `generate.seed` value that derives the seed from each run's time (`resolve_seed`).
+PER_RUN = "per_run"
 #: Values of the `method` column, in segment order.
 METHODS: tuple[str, ...] = ("prior", "class", "variant", "interpolation")
 #: `spawn_key` that separates the plan's own randomness (pair choice) from the shards' (seed, i).
@@ -326,8 +330,39 @@ def source_images(plan: JobPlan, data: ImageSet) -> SourceImages:
     )
 
 
+def resolve_seed(setting: int | str, run_time: datetime | None = None) -> tuple[int, str]:
+    """The job's integer seed and where it comes from.
+
+    Args:
+        setting: `generate.seed`: an int (used as is) or "per_run".
+        run_time: the run's time (the scheduled start of a Prefect flow run); None: now. A naive
+            datetime is taken as UTC.
+
+    Returns:
+        (seed, source): for "per_run" the seed is the first 53 bits of sha256 of the run time in UTC
+        (ISO 8601), so the same run time always gives the same seed (a retried run rewrites the same
+        bytes) and every other time another one; source reads "fixed" or
+        "per_run from run time 2026-11-22T03:00:00+00:00".
+
+    Raises:
+        ConfigError: `setting` is neither an int >= 0 nor "per_run".
+    """
+    if setting != PER_RUN:
+        if not isinstance(setting, int) or isinstance(setting, bool) or setting < 0:
+            raise ConfigError(f"generate.seed={setting!r}: must be an int >= 0, or {PER_RUN}")
+        return setting, "fixed"
+    given = run_time is not None
+    when = run_time if run_time is not None else datetime.now(UTC)
+    when = (when.replace(tzinfo=UTC) if when.tzinfo is None else when).astimezone(UTC)
+    stamp = datetime(*when.timetuple()[:6], when.microsecond, tzinfo=UTC).isoformat()  # plain datetime
+    digest = hashlib.sha256(f"vaeaug-seed:{stamp}".encode()).digest()
+    seed = int.from_bytes(digest[:8], "big") >> 11  # 53 bits: exact in any JSON reader
+    return seed, f"{PER_RUN} from {'run' if given else 'start'} time {stamp}"
+
+
 __all__ = [
     "METHODS",
+    "PER_RUN",
     "JobPlan",
     "Piece",
     "Segment",
@@ -336,6 +371,7 @@ __all__ = [
     "class_names_for",
     "make_plan",
     "needs_real_data",
+    "resolve_seed",
     "source_images",
     "validate_request",
 ]

@@ -1,4 +1,5 @@
-"""Opening a committed synthetic dataset: the `_SUCCESS` check and its manifest."""
+"""Opening a committed synthetic dataset: the `_SUCCESS` check, its manifest, and the `_LATEST`
+pointer of a directory of versions."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import fsspec
 from fsspec import AbstractFileSystem
 
 from pipelines.errors import DataError
-from pipelines.generate.commit import MANIFEST, MARKER, join, redact_url
+from pipelines.generate.commit import LATEST, MANIFEST, MARKER, join, list_versions, read_latest, redact_url
 
 
 @dataclass
@@ -19,14 +20,17 @@ class SyntheticManifest:
     """A committed dataset: where it is and what its manifest says.
 
     Args:
-        url: the dataset directory (local path or fsspec URL).
+        url: the dataset directory (local path or fsspec URL); a version's (`.../v3`) when it was
+            opened through a `_LATEST` pointer.
         storage_options: fsspec options used to open it.
         data: the parsed manifest.json.
+        latest_of: the directory of versions whose `_LATEST` pointer led here, else None.
     """
 
     url: str
     storage_options: dict[str, Any] = field(repr=False)
     data: dict[str, Any] = field(repr=False)
+    latest_of: str | None = None
 
     @property
     def rows(self) -> int:
@@ -78,6 +82,10 @@ class SyntheticManifest:
 def open_dataset(path: str, storage_options: dict[str, Any] | None = None) -> SyntheticManifest:
     """Open a synthetic dataset, refusing one that is not committed.
 
+    `path` is a dataset directory, or a directory of versions (written with
+    `generate.if_exists=new_version`): its `_LATEST` pointer is followed to the newest committed
+    version, whose URL the returned manifest carries (`path/vN` opens version N itself).
+
     Args:
         path: the dataset directory (local path or fsspec URL: s3://, gs://, memory://...).
         storage_options: fsspec options (credentials are taken from the environment/profile otherwise).
@@ -87,7 +95,8 @@ def open_dataset(path: str, storage_options: dict[str, Any] | None = None) -> Sy
 
     Raises:
         DataError: nothing at `path`, no `_SUCCESS` marker (incomplete: the writing job did not
-            finish), or a manifest that does not match the marker.
+            finish), a manifest that does not match the marker, or a `_LATEST` pointer that is
+            unreadable or names a version that is missing, uncommitted or not the one it recorded.
     """
     opts = dict(storage_options or {})
     shown = redact_url(path)
@@ -96,11 +105,62 @@ def open_dataset(path: str, storage_options: dict[str, Any] | None = None) -> Sy
         root = root.rstrip("/") or root
         fs.invalidate_cache(root)
         has_marker = fs.exists(join(root, MARKER))
-        has_manifest = has_marker and fs.exists(join(root, MANIFEST))
+        has_latest = not has_marker and fs.exists(join(root, LATEST))
+        versions = [] if has_marker or has_latest else list_versions(fs, root)
     except (ImportError, ValueError, TypeError, OSError) as exc:
         raise DataError(f"cannot open the synthetic dataset {shown!r}: {exc}") from None
+    if has_latest:
+        return _follow_latest(fs, root, path, opts)
+    if versions:
+        raise DataError(
+            f"{shown!r} holds versions ({', '.join(versions[-3:])}) but no {LATEST} pointer to the newest "
+            f"committed one: open one directly ({join(shown, versions[-1])!r}), or run with "
+            "generate.if_exists=new_version to add a version and the pointer"
+        )
+    return _open_committed(fs, root, path, opts)
+
+
+def _follow_latest(fs: AbstractFileSystem, root: str, path: str, opts: dict[str, Any]) -> SyntheticManifest:
+    """The version `root`'s `_LATEST` names, checked against the pointer."""
+    shown = redact_url(path)
+    try:
+        pointer = read_latest(fs, root)
+    except (ValueError, TypeError) as exc:  # not JSON, or no valid version in it
+        raise DataError(
+            f"the {LATEST} pointer of {shown!r} is unreadable ({exc}): open a version directly "
+            f"({join(shown, 'vN')!r}) or re-run with generate.if_exists=new_version to rewrite it"
+        ) from None
+    if pointer is None:  # removed between the two looks
+        raise DataError(f"the {LATEST} pointer of {shown!r} disappeared while reading it: try again")
+    version_url, version_root = join(path, pointer.version), join(root, pointer.version)
+    fix = "open a committed version directly or re-run with generate.if_exists=new_version"
+    if not fs.exists(join(version_root, MARKER)):
+        raise DataError(
+            f"the {LATEST} pointer of {shown!r} names {pointer.version}, which is missing or not "
+            f"committed (no {MARKER}): {fix}"
+        )
+    manifest = _open_committed(fs, version_root, version_url, opts)
+    blob = fs.cat_file(join(version_root, MANIFEST))
+    if pointer.manifest_sha256 and pointer.manifest_sha256 != hashlib.sha256(blob).hexdigest():
+        raise DataError(
+            f"the {LATEST} pointer of {shown!r} does not match the manifest of {pointer.version} "
+            f"(changed after the commit?): {fix}"
+        )
+    manifest.latest_of = path
+    return manifest
+
+
+def _open_committed(fs: AbstractFileSystem, root: str, path: str, opts: dict[str, Any]) -> SyntheticManifest:
+    """The committed dataset at `root` (`path` as the user gave it), its marker and manifest checked."""
+    shown = redact_url(path)
+    try:
+        has_marker = fs.exists(join(root, MARKER))
+        has_manifest = has_marker and fs.exists(join(root, MANIFEST))
+        exists = has_marker or fs.exists(root)
+    except OSError as exc:
+        raise DataError(f"cannot open the synthetic dataset {shown!r}: {exc}") from None
     if not has_marker:
-        if fs.exists(root):
+        if exists:
             raise DataError(
                 f"the synthetic dataset at {shown!r} is incomplete (no {MARKER} marker): the job that "
                 "wrote it did not finish or is still running; re-run the generation"

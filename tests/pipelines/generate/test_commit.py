@@ -33,7 +33,13 @@ def _snapshot(root: Path) -> dict[str, str]:
 def test_commit_writes_manifest_card_and_marker_last(tmp_path, cond_model):
     out = tmp_path / "ds"
     res = _run(out, cond_model, num_samples=40, per_class={"2": 6})
-    assert sorted(p.name for p in out.iterdir()) == ["README.md", "_SUCCESS", "data", "manifest.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "README.md",
+        "_SUCCESS",
+        "data",
+        "manifest.json",
+        "preview.png",
+    ]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["rows"] == res.rows == 46
     assert [f["path"] for f in manifest["files"]] == [f"data/part-0000{i}-of-00003.parquet" for i in range(3)]
@@ -42,6 +48,8 @@ def test_commit_writes_manifest_card_and_marker_last(tmp_path, cond_model):
     assert manifest["per_class"]["2"] == 4 + 6 and sum(manifest["per_class"].values()) == 46
     prov = manifest["provenance"]
     assert prov["model_sha256"] and prov["seed"] == 0 and prov["vaeaug_version"] and prov["created_at"]
+    assert prov["seed_source"] == "fixed" and res.seed == 0 and res.version is None
+    assert manifest["preview"] == "preview.png" and res.preview_path == f"{out}/preview.png"
     marker = json.loads((out / "_SUCCESS").read_text())
     assert marker["manifest_sha256"] == hashlib.sha256((out / "manifest.json").read_bytes()).hexdigest()
     assert (out / "_SUCCESS").stat().st_mtime_ns >= (out / "manifest.json").stat().st_mtime_ns
@@ -74,17 +82,6 @@ def test_overwrite_replaces_every_old_file(tmp_path, cond_model):
     res = _run(out, cond_model, num_samples=20, if_exists="overwrite")  # 2 shards
     assert sorted(p.name for p in (out / "data").iterdir()) == [Path(f).name for f in res.files]
     assert open_dataset(str(out)).rows == 20
-
-
-def test_new_version_writes_beside_the_committed_dataset(tmp_path, cond_model):
-    out = tmp_path / "ds"
-    _run(out, cond_model, num_samples=20)
-    before = _snapshot(out)
-    v2 = _run(out, cond_model, num_samples=30, if_exists="new_version")
-    v3 = _run(out, cond_model, num_samples=10, if_exists="new_version")
-    assert (v2.dataset_dir, v3.dataset_dir) == (f"{out}/v2", f"{out}/v3")
-    assert open_dataset(v3.dataset_dir).rows == 10 and open_dataset(str(out)).rows == 20
-    assert {k: v for k, v in _snapshot(out).items() if not k.startswith("v")} == before
 
 
 def test_leftover_uncommitted_dataset_is_refused_then_cleaned(tmp_path, cond_model):
