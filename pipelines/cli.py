@@ -2,19 +2,25 @@
 
 Every command takes `--config FILE.yaml` and dotted overrides (`train.epochs=5 model.latent_dim=8`);
 unknown keys are errors; the merged config is saved with the outputs. Failures print one line and
-exit non-zero.
+exit non-zero. `inspect --json` and `evaluate --json` print one JSON document on stdout.
+
+This module imports only light modules at the top (no torch, Ray or Prefect), so `vaeaug --help`,
+`vaeaug COMMAND --help` and `vaeaug --version` answer at once; each command imports what it needs.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
+import json
+import math
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
-from pipelines.config import PipelineConfig, load_config
 from pipelines.errors import USER_ERRORS
-from vae.io import ModelFileError
+
+if TYPE_CHECKING:
+    from pipelines.config import PipelineConfig
 
 EXIT_USER_ERROR = 2
 
@@ -30,87 +36,129 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 
 def _config(args: argparse.Namespace) -> PipelineConfig:
+    from pipelines.config import load_config
+
     return load_config(args.config, args.overrides)
 
 
 def _config_with_data_shape(args: argparse.Namespace) -> PipelineConfig:
-    """The config, with the model's image size and channels the user left unset inferred from the data."""
+    """The config, with the model's image size and channels the user left unset inferred from the data
+    (the note saying so goes to stderr with --json, keeping stdout for the JSON document)."""
     from pipelines.data import resolve_data_shape
 
     cfg = _config(args)
     note = resolve_data_shape(cfg)
-    if note:
-        print(note)
+    if note and getattr(args, "json", False):
+        print(note, file=sys.stderr)
+    elif note:
+        from pipelines.console import console
+
+        console.line(note)
     return cfg
+
+
+def _json_ready(value: Any) -> Any:
+    """`value` with non-finite floats as None (JSON has no NaN/inf) and tuples as lists."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _json_ready(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_ready(v) for v in value]
+    return value
+
+
+def _print_json(document: Any) -> None:
+    """Print `document` as the one JSON document on stdout (strict JSON: NaN/inf become null)."""
+    print(json.dumps(_json_ready(document), indent=2, allow_nan=False))
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train the VAE on Ray Train (or locally with train.backend=local) and export it to
     <output_dir>/model with its metrics, loss curve and sample grid."""
-    from pipelines.stages import save_merged_config, train_stage
+    from pipelines.console import console
+    from pipelines.stages import picture_paths, save_merged_config, train_stage
 
     cfg = _config_with_data_shape(args)
     save_merged_config(cfg)
-    result = train_stage(cfg)
-    print(f"model: {result.model_dir}  (sha256 {result.sha256[:12]})")
-    print(f"sample grid: {result.grid_path}")
+    with console.stage("train"):
+        result = train_stage(cfg)
+    console.plain(f"model: {result.model_dir}  (sha256 {result.sha256[:12]})")
+    for what, path in picture_paths({"model_dir": result.model_dir, "grid_path": result.grid_path}).items():
+        console.plain(f"picture: {path}  ({what})")
     return 0
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
     """Sample a synthetic dataset from a trained model on Ray and commit it as Parquet."""
-    from pipelines.stages import generate_stage, how_to_load, save_merged_config, usefulness_lines
+    from pipelines.console import console
+    from pipelines.stages import (
+        generate_stage,
+        how_to_load,
+        picture_paths,
+        save_merged_config,
+        usefulness_lines,
+    )
 
     cfg = _config_with_data_shape(args)
     save_merged_config(cfg)
     out = generate_stage(cfg, model_dir=args.model)
     _print_dataset(out)
-    print(how_to_load(out["dataset_dir"]))
-    print("\n".join(usefulness_lines(out)))
+    for what, path in picture_paths({k: v for k, v in out.items() if k != "model_dir"}).items():
+        console.plain(f"picture: {path}  ({what})")
+    console.plain("\n".join(usefulness_lines(out)))
+    console.plain(how_to_load(out["dataset_dir"]))
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Print held-out quality figures of a trained model on its data's validation split and, with
     --dataset, the usefulness report of a committed synthetic dataset (does it help a classifier?)."""
-    from pipelines.stages import evaluate_stage, usefulness_stage
+    from pipelines.stages import evaluate_stage, usefulness_report_stage
 
     cfg = _config_with_data_shape(args)
     report = evaluate_stage(cfg, model_dir=args.model)
+    useful, note = usefulness_report_stage(cfg, args.dataset, args.model) if args.dataset else (None, None)
+    if args.json:
+        doc: dict[str, Any] = {"model_dir": args.model or cfg.model_dir, "quality": report}
+        if args.dataset:
+            doc["usefulness"] = useful.to_dict() if useful is not None else {"skipped": note}
+        _print_json(doc)
+        return 0
     width = max(map(len, report))
     for key, value in report.items():
         print(f"{key:<{width}}  {value:.4g}" if isinstance(value, float) else f"{key:<{width}}  {value}")
     if args.dataset:
         print()
-        print("\n".join(usefulness_stage(cfg, args.dataset, model_dir=args.model)))
+        print("\n".join(useful.summary_lines() if useful is not None else [f"usefulness: {note}"]))
     return 0
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    """Print a committed dataset's manifest summary, per-class counts, schema and quality figures."""
-    from pipelines.describe import describe_dataset
+    """Print a committed dataset's manifest summary, per-class counts, preview image, usefulness
+    headline, schema (with class names) and quality figures."""
+    from pipelines.describe import dataset_description, render_description
 
-    print(describe_dataset(args.dataset))
+    description = dataset_description(args.dataset)
+    if args.json:
+        _print_json(description.to_dict())
+    else:
+        print(render_description(description))
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """The whole pipeline as a Prefect flow: load data -> train (Ray Train) -> evaluate ->
-    generate (Ray) -> validate and commit the dataset."""
-    from pipelines.flow import augmentation_flow
-    from pipelines.stages import how_to_load, usefulness_lines
+    """The whole pipeline as a Prefect flow: check the job -> load data -> train (Ray Train) ->
+    evaluate -> generate (Ray) and measure the set's usefulness -> validate and commit the dataset."""
+    from pipelines.console import console
 
-    _config(args)  # validate before starting Prefect or Ray
-    summary = augmentation_flow(config_path=args.config, overrides=list(args.overrides))
-    print()
-    print(
-        f"model:   {summary['model_dir']}"
-        + ("  (from the training cache)" if summary["training_cached"] else "")
-    )
-    _print_dataset(summary)
-    print(how_to_load(summary["dataset_dir"]))
-    print()
-    print("\n".join(usefulness_lines(summary)))
+    console.line(f"vaeaug {package_version()} run: checks first, then Prefect and Ray start side by side")
+    from pipelines.launch import run_pipeline
+    from pipelines.stages import run_summary
+
+    summary = run_pipeline(args.config, list(args.overrides))
+    summary["timings"] = {**summary.get("timings", {}), "total": console.elapsed()}
+    console.plain(run_summary(summary))
     return 0
 
 
@@ -136,15 +184,23 @@ def _add_model_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", metavar="DIR", help="model directory (default: <output_dir>/model)")
 
 
+def _add_json_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--json", action="store_true", help="print one JSON document on stdout (notes go to stderr)"
+    )
+
+
 def _add_evaluate_args(p: argparse.ArgumentParser) -> None:
     _add_model_arg(p)
     p.add_argument(
         "--dataset", metavar="DIR", help="also measure the usefulness of this committed synthetic dataset"
     )
+    _add_json_arg(p)
 
 
 def _add_inspect_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("dataset", help="committed dataset directory (local path or fsspec URL)")
+    _add_json_arg(p)
 
 
 def _add_serve_args(p: argparse.ArgumentParser) -> None:
@@ -179,29 +235,77 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], Callable, str]] =
 }
 
 
+def package_version() -> str:
+    """The installed `vaeaug` distribution's version ("unknown" when it is not installed)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("vaeaug")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _verbose_flag(default: Any) -> argparse.ArgumentParser:
+    """A parent parser holding -v/--verbose with `default`."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("-v", "--verbose", action="store_true", default=default, help="debug logging")
+    return parent
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser with one subcommand per entry of `COMMANDS`."""
+    """The argument parser with one subcommand per entry of `COMMANDS`.
+
+    -v/--verbose is accepted before and after the command: the subcommands' copy defaults to
+    SUPPRESS, so it never resets a -v given before the command.
+    """
     parser = argparse.ArgumentParser(
         prog="vaeaug",
         description="Train a VAE on a small labelled image set and generate synthetic data at scale.",
+        parents=[_verbose_flag(False)],
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"vaeaug {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    verbose = _verbose_flag(argparse.SUPPRESS)
     for name, (func, add_args, help_text) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=func.__doc__)
+        p = sub.add_parser(name, help=help_text, description=func.__doc__, parents=[verbose])
         add_args(p)
         p.set_defaults(func=func)
     return parser
 
 
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse `argv`, letting options sit between KEY=VALUE overrides (`run a=1 -v b=2`).
+
+    argparse fills a `nargs="*"` positional once, so overrides after an option come back unparsed:
+    they are appended, in order, to the command's overrides. Anything else left over is an error.
+    """
+    args, extras = parser.parse_known_args(argv)
+    if extras and hasattr(args, "overrides") and not any(e.startswith("-") for e in extras):
+        args.overrides = [*args.overrides, *extras]
+    elif extras:
+        parser.error(f"unrecognized arguments: {' '.join(extras)}")
+    return args
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """`USER_ERRORS` plus `vae.io.ModelFileError` once `vae.io` is loaded (it imports torch; an
+    error of that type can only come from code that loaded it)."""
+    io = sys.modules.get("vae.io")
+    return (*USER_ERRORS, io.ModelFileError) if io is not None else USER_ERRORS
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `vaeaug` console script; returns the exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(message)s")
+    args = parse_args(parser, argv)
+    from pipelines.console import console, route_logs, set_verbose
+
+    console.restart()
+    set_verbose(args.verbose)
+    route_logs(args.verbose)
     try:
         return args.func(args)
-    except (*USER_ERRORS, ModelFileError) as exc:
+    except _user_errors() as exc:
         print(f"vaeaug {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:

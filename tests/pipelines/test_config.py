@@ -114,3 +114,38 @@ def test_training_budget_floor_in_optimizer_steps():
     assert TrainConfig(epochs=30, min_steps=0).passes_per_epoch(900) == 1
     assert TrainConfig(epochs=30, min_steps=100, batch_size=128).passes_per_epoch(60000) == 1
     assert "3120 optimizer steps" in t.budget_line(900)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "name"),
+    [
+        ([], "digits"),
+        (["data.source=mnist"], "mnist"),
+        (["data.source=fashion-mnist", "data.path=/srv/data"], "fashion-mnist"),  # a root folder, not a name
+        (["data.source=folder", "data.path=/srv/images/flowers"], "flowers"),
+        (["data.source=folder", "data.path=/srv/images/flowers/"], "flowers"),
+        (["data.source=parquet", "data.path=s3://bucket/pets/"], "pets"),
+        (["data.source=parquet", "data.path=/srv/pets.parquet"], "pets"),
+        (["data.source=folder", "data.path='/srv/my photos (2024)'"], "my_photos_2024"),
+        (["data.source=parquet", "data.path=s3://bucket/*.parquet"], "parquet"),  # no usable name
+    ],
+)
+def test_default_output_dir_is_named_after_the_data(overrides, name):
+    cfg = load_config(None, overrides)
+    assert cfg.output_dir == str(Path.cwd() / "outputs" / name)
+    assert cfg.model_dir == str(Path.cwd() / "outputs" / name / "model")
+
+
+def test_explicit_output_dir_wins_and_survives_a_round_trip(tmp_path):
+    flowers = ["data.source=folder", "data.path=/srv/images/flowers"]
+    assert load_config(None, [*flowers, "output_dir=s3://b/x"]).output_dir == "s3://b/x"
+    assert load_config(None, [*flowers, "output_dir=runs/f"]).output_dir == str(Path.cwd() / "runs/f")
+    f = tmp_path / "c.yaml"
+    f.write_text(yaml.safe_dump({"data": {"source": "folder", "path": "/srv/pets"}, "output_dir": None}))
+    cfg = load_config(f)
+    assert cfg.output_dir == str(Path.cwd() / "outputs/pets")
+    # the saved config records the derived directory, so reloading it keeps it whatever the data
+    saved = yaml.safe_load(save_config(cfg))
+    assert saved["output_dir"] == cfg.output_dir
+    saved["data"] = {"source": "digits"}
+    assert config_from_dict(saved).output_dir == cfg.output_dir

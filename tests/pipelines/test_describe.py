@@ -1,0 +1,129 @@
+"""`vaeaug inspect`'s description: a typed, JSON-ready summary of a committed dataset and its text."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipelines.describe import (
+    DatasetDescription,
+    SchemaColumn,
+    dataset_description,
+    describe_dataset,
+    render_description,
+    schema_columns,
+)
+from pipelines.errors import DataError
+from pipelines.generate.commit import MANIFEST, MARKER
+
+CLASSES = [str(k) for k in range(10)]
+
+
+@pytest.fixture(scope="module")
+def committed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A committed 60-row dataset of a tiny conditional model (no Ray, no usefulness report)."""
+    from pipelines.generate import generate
+    from tests.pipelines.generate.helpers import make_cfg, save_tiny_model
+
+    root = tmp_path_factory.mktemp("describe")
+    model_dir = save_tiny_model(root / "model", conditional=True)
+    generate(
+        make_cfg(str(root / "synthetic"), num_samples=60), model_dir=model_dir, progress=False, use_ray=False
+    )
+    return root / "synthetic"
+
+
+def _edited_copy(src: Path, dst: Path, **changes: Any) -> str:
+    """A copy of the dataset at `src` whose manifest has `changes` (None removes a key), re-sealed."""
+    shutil.copytree(src, dst)
+    manifest = json.loads((dst / MANIFEST).read_text())
+    for key, value in changes.items():
+        if value is None:
+            manifest.pop(key, None)
+        else:
+            manifest[key] = value
+    blob = json.dumps(manifest, indent=2).encode()
+    (dst / MANIFEST).write_bytes(blob)
+    marker = json.loads((dst / MARKER).read_text())
+    marker["manifest_sha256"] = hashlib.sha256(blob).hexdigest()
+    (dst / MARKER).write_text(json.dumps(marker))
+    return str(dst)
+
+
+def test_description_of_a_committed_dataset(committed: Path):
+    d = dataset_description(str(committed))
+    assert (d.rows, len(d.files), d.image_shape, d.latent_dim) == (60, 4, (1, 8, 8), 4)
+    assert d.class_names == CLASSES and d.per_class == {c: 6 for c in CLASSES}
+    assert d.per_method == {"prior": 60}
+    assert [c.name for c in d.schema] == [
+        "image", "latent", "label", "sample_id", "method", "source_id", "target_id"
+    ]  # fmt: skip
+    label = next(c for c in d.schema if c.name == "label")
+    assert (label.type, label.class_names) == ("int64", CLASSES)
+    assert not next(c for c in d.schema if c.name == "sample_id").nullable
+    assert d.quality["rows_sampled"] == 16 and 0 < d.quality["pixel_mean"] < 1
+    assert d.usefulness == {"skipped": "usefulness report off (report.enabled=false)"}
+    assert "model_sha256" in d.provenance
+    doc = json.loads(json.dumps(d.to_dict()))
+    assert doc["image_shape"] == [1, 8, 8] and doc["schema"][2]["class_names"] == CLASSES
+
+
+def test_text_names_the_classes_and_the_usefulness_but_no_preview_when_the_manifest_has_none(
+    committed, tmp_path
+):
+    path = _edited_copy(committed, tmp_path / "ds", preview=None)
+    assert dataset_description(path).preview is None
+    text = describe_dataset(path)
+    assert "  label: int64  (class label, 10 classes: 0=0, 1=1, " in text
+    assert "usefulness not measured: usefulness report off" in text
+    assert "preview" not in text
+    assert "per class 0=6, 1=6" in text
+
+
+def test_preview_and_headline_come_from_the_manifest(committed, tmp_path):
+    headline = "The synthetic set HELPS: +2.0 points"
+    path = _edited_copy(
+        committed, tmp_path / "ds", preview="preview.png", usefulness={"headline": headline, "gain": 0.02}
+    )
+    d = dataset_description(path)
+    assert d.preview == f"{path}/preview.png"
+    assert d.usefulness is not None and d.usefulness["gain"] == 0.02
+    lines = render_description(d).splitlines()
+    assert f"preview   {path}/preview.png" in lines
+    assert f"usefulness {headline}" in lines
+
+
+def test_older_manifests_without_features_take_the_class_names():
+    schema = "label: int64\n  -- field metadata --\nmethod: string not null"
+    manifest = {"arrow_schema": schema, "class_names": ["cat", "dog"]}
+    assert schema_columns(manifest) == [
+        SchemaColumn("label", "int64", True, ["cat", "dog"]),
+        SchemaColumn("method", "string", False, None),
+    ]
+    features = {"label": {"dtype": "int64", "_type": "Value"}}  # unconditional: plain integers
+    assert schema_columns({"arrow_schema": "label: int64", "features": features})[0].class_names is None
+
+
+def test_long_class_lists_are_shortened_and_unconditional_sets_say_so():
+    names = [f"c{k}" for k in range(25)]
+    d = DatasetDescription(
+        dataset="memory://x", created_at=None, rows=0, files=[], image_shape=(3, 4, 5), image_format="png",
+        latent_dim=2, class_names=[], per_class={}, per_method={}, provenance={}, quality={},
+        schema=[SchemaColumn("label", "int64", True, names)],
+    )  # fmt: skip
+    text = render_description(d)
+    assert "c19, ... (5 more)" in text and "c20" not in text
+    assert "per class (unconditional)" in text and "images 4x5x3 PNG" in text
+    assert "committed ?" in text
+
+
+def test_an_uncommitted_dataset_is_refused(committed, tmp_path):
+    shutil.copytree(committed, tmp_path / "ds")
+    (tmp_path / "ds" / MARKER).unlink()
+    with pytest.raises(DataError, match="incomplete"):
+        dataset_description(str(tmp_path / "ds"))
