@@ -17,9 +17,11 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
 
 from pipelines import stages
+from pipelines.checks import check_job
 from pipelines.config import PipelineConfig, config_from_dict, load_config
-from pipelines.data import resolve_data_shape
+from pipelines.console import console
 from pipelines.data.imageset import ImageSet
+from pipelines.errors import USER_ERRORS
 
 FLOW_NAME = "vae-augmentation"
 
@@ -32,18 +34,25 @@ def _backoff(first: float, retries: int) -> list[float]:
     return [first * 2**i for i in range(retries)]
 
 
+def transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect `retry_condition_fn`: retry only what may pass on a second try.
+
+    User errors (bad config, unreadable data, an existing output, a missing model) fail the same way
+    every time: they fail at once, without the retries' backoff and their tracebacks.
+    """
+    try:
+        exc = state.result(raise_on_failure=False)
+    except Exception:  # the result itself cannot be read: let the retry decide
+        return True
+    return not isinstance(exc, USER_ERRORS)
+
+
 @task(name="load-data", persist_result=False, cache_policy=NO_CACHE)
 def load_data_task(cfg: PipelineConfig) -> ImageSet:
     """Load and validate the seed images (kept in memory for the next stages, never persisted)."""
-    data = stages.load_data(cfg)
-    get_run_logger().info(
-        "data: %s, %d images of %s, %d classes, fingerprint %s",
-        cfg.data.source,
-        len(data),
-        "x".join(map(str, data.image_shape)),
-        data.num_classes,
-        data.fingerprint()[:12],
-    )
+    with console.stage("load data") as stage:
+        data = stages.load_data(cfg)
+        stage.note(f"{stages.describe_data(cfg, data)}, fingerprint {data.fingerprint()[:12]}")
     return data
 
 
@@ -61,25 +70,40 @@ def train_task(
         "grid_path": result.grid_path,
         "data_fingerprint": data_fingerprint,
         "worker_nodes": [w.get("node_id") for w in getattr(result, "workers", [])],
+        "run_name": getattr(result, "run_name", None),
+        "run_dir": getattr(result, "run_dir", None),
     }
 
 
 @task(name="evaluate", persist_result=False, cache_policy=NO_CACHE)
 def evaluate_task(cfg: PipelineConfig, data: ImageSet, model_dir: str) -> dict[str, float]:
     """Held-out quality figures of the trained model."""
-    return stages.evaluate_stage(cfg, data, model_dir)
+    with console.stage("evaluate") as stage:
+        quality = stages.evaluate_stage(cfg, data, model_dir)
+        stage.note(stages.quality_line(quality))
+    return quality
 
 
 @task(name="generate", persist_result=False, cache_policy=NO_CACHE)
 def generate_task(cfg: PipelineConfig, data: ImageSet, model_dir: str) -> dict[str, Any]:
-    """Fan the sampling out over Ray and commit the Parquet dataset."""
-    return stages.generate_stage(cfg, data, model_dir)
+    """Fan the sampling out over Ray, measure the set's usefulness and commit the Parquet dataset."""
+    return stages.generate_stage(cfg, data, model_dir, run_time=_scheduled_time())
 
 
 @task(name="validate-dataset", persist_result=False, cache_policy=NO_CACHE)
 def validate_task(dataset_dir: str, expected_rows: int, storage_options: dict[str, Any]) -> dict[str, Any]:
     """Re-open the committed dataset through the reader and check its row count."""
-    return stages.validate_stage(dataset_dir, expected_rows, storage_options)
+    with console.stage("validate") as stage:
+        checked = stages.validate_stage(dataset_dir, expected_rows, storage_options)
+        stage.note(f"{checked['rows']} rows in {checked['files']} files read back")
+    return checked
+
+
+def _scheduled_time() -> Any:
+    """When this flow run was scheduled for (per-run seeds derive from it), else None."""
+    from prefect.runtime import flow_run
+
+    return flow_run.scheduled_start_time
 
 
 def _training_inputs(cfg: PipelineConfig) -> dict[str, Any]:
@@ -115,7 +139,28 @@ def _result_storage(cfg: PipelineConfig) -> Any:
     return block
 
 
-@flow(name=FLOW_NAME, log_prints=True)
+def _train(cfg: PipelineConfig, data: ImageSet, retry: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """The training task through its cache: (its summary, whether it came from the cache)."""
+    opts: dict[str, Any] = dict(retry)
+    storage = _result_storage(cfg)
+    if storage is not None:
+        opts["result_storage"] = storage
+    if not cfg.flow.cache_training:
+        opts["refresh_cache"] = True
+    args = (_training_inputs(cfg), data.fingerprint(), data, cfg.to_dict()["ray"])
+    with console.stage("train") as stage:
+        state = train_task.with_options(**opts)(*args, return_state=True)
+        trained = state.result()
+        cached = state.name == "Cached"
+        if cached and not _model_still_there(trained):
+            console.line(f"cached model at {trained['model_dir']} is gone or changed: retraining")
+            trained = train_task.with_options(**{**opts, "refresh_cache": True})(*args)
+            cached = False
+        stage.note("reused the cached model: same data and training settings" if cached else "exported")
+    return trained, cached
+
+
+@flow(name=FLOW_NAME, log_prints=False)
 def augmentation_flow(
     config: dict[str, Any] | None = None,
     config_path: str | None = None,
@@ -131,50 +176,43 @@ def augmentation_flow(
 
     Returns:
         Summary: model dir and checksum, whether training came from the cache, quality figures,
-        the dataset location, rows and per-class counts.
+        the dataset location, rows and per-class counts, stage timings.
     """
-    cfg = load_config(config_path, overrides, settings=config)  # strict: fails before any Ray work
-    note = resolve_data_shape(cfg)  # unset model.image_size/channels: before they are saved or cache-keyed
-    if note:
-        print(note)
-    stages.save_merged_config(cfg)
-    retry = {
-        "retries": cfg.flow.retries,
-        "retry_delay_seconds": _backoff(cfg.flow.retry_delay_seconds, cfg.flow.retries),
-    }
-    storage = _result_storage(cfg)
-    data = load_data_task.with_options(**retry)(cfg)
-
-    train_opts: dict[str, Any] = dict(retry)
-    if storage is not None:
-        train_opts["result_storage"] = storage
-    if not cfg.flow.cache_training:
-        train_opts["refresh_cache"] = True
-    args = (_training_inputs(cfg), data.fingerprint(), data, cfg.to_dict()["ray"])
-    state = train_task.with_options(**train_opts)(*args, return_state=True)
-    trained = state.result()
-    cached = state.name == "Cached"
-    if cached and not _model_still_there(trained):
-        print(f"cached model at {trained['model_dir']} is gone or changed: retraining")
-        trained = train_task.with_options(**{**train_opts, "refresh_cache": True})(*args)
-        cached = False
-    print(("reused the cached model " if cached else "trained ") + trained["model_dir"])
-
-    quality = evaluate_task(cfg, data, trained["model_dir"])
-    generated = generate_task.with_options(**retry)(cfg, data, trained["model_dir"])
-    checked = validate_task(generated["dataset_dir"], generated["rows"], cfg.generate.storage_options)
-
-    summary = {
-        "model_dir": trained["model_dir"],
-        "model_sha256": trained["sha256"],
-        "training_cached": cached,
-        "training_worker_nodes": trained.get("worker_nodes", []),
-        "final_epoch": trained["history"][-1] if trained["history"] else {},
-        "quality": quality,
-        **generated,
-        "validated": checked,
-    }
-    _publish_artifacts(cfg, summary, trained)
+    with console.mirrored(get_run_logger().info):
+        cfg = load_config(config_path, overrides, settings=config)  # strict: fails before any Ray work
+        with console.stage("checks") as stage:  # before any work: user errors cost seconds
+            checked = check_job(cfg)
+            stage.note(f"dataset will go to {checked.dataset_dir}")
+        if checked.shape_note:
+            console.line(checked.shape_note)
+        stages.save_merged_config(cfg)
+        retry = {
+            "retries": cfg.flow.retries,
+            "retry_delay_seconds": _backoff(cfg.flow.retry_delay_seconds, cfg.flow.retries),
+            "retry_condition_fn": transient,
+        }
+        data = load_data_task.with_options(**retry)(cfg)
+        trained, cached = _train(cfg, data, retry)
+        quality = evaluate_task(cfg, data, trained["model_dir"])
+        generated = generate_task.with_options(**retry)(cfg, data, trained["model_dir"])
+        checked_rows = validate_task(
+            generated["dataset_dir"], generated["rows"], cfg.generate.storage_options
+        )
+        summary = {
+            "model_dir": trained["model_dir"],
+            "model_sha256": trained["sha256"],
+            "training_cached": cached,
+            "training_worker_nodes": trained.get("worker_nodes", []),
+            "run_name": trained.get("run_name"),
+            "run_dir": trained.get("run_dir"),
+            "grid_path": trained["grid_path"],
+            "final_epoch": trained["history"][-1] if trained["history"] else {},
+            "quality": quality,
+            **generated,
+            "validated": checked_rows,
+            "timings": dict(console.timings),
+        }
+        _publish_artifacts(cfg, summary, trained)
     return summary
 
 

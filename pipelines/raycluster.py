@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from urllib.parse import urlparse
 
 from pipelines.config import RayConfig
+from pipelines.console import console
 from pipelines.errors import PipelineError
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,22 @@ def check_reachable(address: str) -> None:
         ) from None
 
 
+def _no_uv_hook() -> None:
+    """Turn off Ray's `uv run` hook for a local cluster, unless the user set it explicitly.
+
+    Under `uv run` the hook ships the working directory and has every worker run `uv run` again:
+    a venv rebuilt per worker (seconds to minutes), uv's VIRTUAL_ENV warnings on the console, and a
+    failure when the command runs outside the project folder. A local cluster's workers can use this
+    interpreter as it is. Ray reads the setting when it is imported, hence the constant too.
+    """
+    if "RAY_ENABLE_UV_RUN_RUNTIME_ENV" in os.environ:
+        return
+    os.environ["RAY_ENABLE_UV_RUN_RUNTIME_ENV"] = "0"
+    from ray._private import ray_constants
+
+    ray_constants.RAY_ENABLE_UV_RUN_RUNTIME_ENV = False
+
+
 def ensure_ray(cfg: RayConfig | None = None) -> ClusterInfo:
     """Connect to Ray once per process and describe the cluster.
 
@@ -68,16 +85,23 @@ def ensure_ray(cfg: RayConfig | None = None) -> ClusterInfo:
         if address:
             check_reachable(address)
             try:
-                ray.init(address=address, log_to_driver=True, configure_logging=False)
+                ray.init(address=address, log_to_driver=console.verbose, configure_logging=False)
             except (ConnectionError, RuntimeError) as exc:
                 raise PipelineError(
                     f"cannot connect to the Ray cluster at {address!r}: {str(exc).splitlines()[0]}; "
                     "check ray.address / RAY_ADDRESS"
                 ) from None
         else:
+            _no_uv_hook()
             # The dashboard serves Ray's state API, which Ray Train V2 polls to clean up after its
             # controller; without it the run logs a warning every second.
-            ray.init(address="local", num_cpus=cfg.num_cpus, include_dashboard=None, configure_logging=False)
+            ray.init(
+                address="local",
+                num_cpus=cfg.num_cpus,
+                include_dashboard=None,
+                configure_logging=False,
+                log_to_driver=console.verbose,  # worker logs: -v
+            )
     resources = ray.cluster_resources()
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     return ClusterInfo(

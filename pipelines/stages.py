@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Any
+import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 import fsspec
 
 from pipelines.config import PipelineConfig, save_config
+from pipelines.console import console
 from pipelines.data import load_images, resolve_data_shape
 from pipelines.data.imageset import ImageSet, split_sizes
 from pipelines.errors import DataError
 from pipelines.evaluate import evaluate_saved_model
 from pipelines.training.common import format_epoch
 from pipelines.training.export import TrainResult
+
+if TYPE_CHECKING:
+    from pipelines.usefulness.report import UsefulnessReport
 
 CONFIG_FILE = "config.yaml"
 
@@ -61,10 +68,10 @@ def train_stage(cfg: PipelineConfig, data: ImageSet | None = None, verbose: bool
     if data is None:
         data = load_data(cfg)
         if verbose:
-            print(describe_data(cfg, data))
+            console.line(describe_data(cfg, data))
     if verbose:
-        print(cfg.train.budget_line(split_sizes(len(data), cfg.train.val_fraction)[0]), flush=True)
-    on_epoch = (lambda row: print(format_epoch(row, cfg.train.epochs), flush=True)) if verbose else None
+        console.line(cfg.train.budget_line(split_sizes(len(data), cfg.train.val_fraction)[0]))
+    on_epoch = epoch_printer(cfg.train.epochs) if verbose else None
     if cfg.train.backend == "local":
         from pipelines.training.local import fit_local
 
@@ -76,6 +83,28 @@ def train_stage(cfg: PipelineConfig, data: ImageSet | None = None, verbose: bool
     return train_distributed(cfg, data, on_epoch=on_epoch)
 
 
+def epoch_printer(epochs: int) -> Callable[[dict[str, float]], None]:
+    """A per-epoch callback printing the epoch's figures and the time left (mean epoch time so far)."""
+    started = time.perf_counter()
+    marks: list[float] = []
+
+    def show(row: dict[str, float]) -> None:
+        now = time.perf_counter()
+        marks.append(now)
+        per_epoch = (marks[-1] - marks[0]) / (len(marks) - 1) if len(marks) > 1 else now - started
+        left = max(0, epochs - int(row["epoch"]))
+        # from the second epoch on: the first one also pays the workers' start-up
+        eta = f"  ETA {per_epoch * left:.0f} s" if left and len(marks) > 1 else ""
+        console.line(format_epoch(row, epochs) + eta)
+
+    return show
+
+
+def quality_line(quality: dict[str, Any]) -> str:
+    """The held-out quality figures on one line."""
+    return ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in quality.items())
+
+
 def evaluate_stage(cfg: PipelineConfig, data: ImageSet | None = None, model_dir: str | None = None) -> dict:
     """Held-out quality figures of the exported model (see `pipelines.evaluate.QualityReport`)."""
     if data is None:
@@ -83,8 +112,11 @@ def evaluate_stage(cfg: PipelineConfig, data: ImageSet | None = None, model_dir:
     return evaluate_saved_model(cfg, data, model_dir).to_dict()
 
 
-def usefulness_stage(cfg: PipelineConfig, dataset_dir: str, model_dir: str | None = None) -> list[str]:
-    """The usefulness report of a committed dataset against the model's real data; console lines.
+def usefulness_report_stage(
+    cfg: PipelineConfig, dataset_dir: str, model_dir: str | None = None
+) -> tuple[UsefulnessReport | None, str | None]:
+    """The usefulness report of a committed dataset against the model's real data: (report, None), or
+    (None, why not) when it cannot be measured (e.g. an unconditional model).
 
     The held-out split is the one the model trained with (recorded with it); the judge saved with the
     model is reused when it was trained on that split with `cfg.report`'s recipe.
@@ -100,7 +132,7 @@ def usefulness_stage(cfg: PipelineConfig, dataset_dir: str, model_dir: str | Non
     data = load_images(cfg.data, model.cfg)  # in the model's own size and range
     judging = prepare_judging(cfg, model, model_dir, {}, meta, data, curate=False)
     if judging.note is not None or judging.real is None or judging.judge is None:
-        return [f"usefulness: {judging.note}"]
+        return None, judging.note
     manifest = open_dataset(dataset_dir, cfg.generate.storage_options)
     if list(manifest.data.get("class_names") or []) != judging.real.class_names:
         raise DataError(
@@ -111,11 +143,21 @@ def usefulness_stage(cfg: PipelineConfig, dataset_dir: str, model_dir: str | Non
     paths = [open_fs(u, cfg.generate.storage_options)[1] for u in manifest.files]
     curated = bool(manifest.data.get("curation"))
     report, _ = report_for_files(cfg.report, judging.real, fs, paths, manifest.rows, judging.judge, curated)
-    return report.summary_lines()
+    return report, None
+
+
+def usefulness_stage(cfg: PipelineConfig, dataset_dir: str, model_dir: str | None = None) -> list[str]:
+    """The usefulness report of a committed dataset as console lines (see `usefulness_report_stage`)."""
+    report, note = usefulness_report_stage(cfg, dataset_dir, model_dir)
+    return report.summary_lines() if report is not None else [f"usefulness: {note}"]
 
 
 def generate_stage(
-    cfg: PipelineConfig, data: ImageSet | None = None, model_dir: str | None = None, progress: bool = True
+    cfg: PipelineConfig,
+    data: ImageSet | None = None,
+    model_dir: str | None = None,
+    progress: bool = True,
+    run_time: datetime | None = None,
 ) -> dict[str, Any]:
     """Sample the synthetic dataset on Ray and commit it (see `pipelines.generate.generate`).
 
@@ -124,10 +166,11 @@ def generate_stage(
         data: the real images, if already loaded.
         model_dir: the trained model (default `cfg.model_dir`).
         progress: show a progress bar.
+        run_time: when the run was scheduled (per-run seeds derive from it); None: now.
 
     Returns:
         dataset_dir, rows, files, per_class, per_method, manifest_path, rows_per_s, usefulness (the
-        report dict or None), usefulness_note, curation, picture_path.
+        report dict or None), usefulness_note, curation, picture_path, preview_path.
     """
     if cfg.ray.submit_job:
         from pipelines.rayjob import run_as_ray_job
@@ -138,7 +181,10 @@ def generate_stage(
         return _dataset_summary(manifest)
     from pipelines.generate import generate
 
-    result = generate(cfg, model_dir=model_dir, data=data, progress=progress)
+    with console.stage("generate", live=False) as stage:
+        result = generate(cfg, model_dir=model_dir, data=data, progress=progress, run_time=run_time)
+        actors = f"{result.num_actors} actor(s)" if result.num_actors else "this process"
+        stage.note(f"{result.rows} rows at {result.rows_per_s:.0f} rows/s on {actors}")
     return {
         "dataset_dir": result.dataset_dir,
         "rows": result.rows,
@@ -151,6 +197,7 @@ def generate_stage(
         "usefulness_note": result.usefulness_note,
         "curation": result.curation,
         "picture_path": result.picture_path,
+        "preview_path": result.preview_path,
     }
 
 
@@ -228,6 +275,46 @@ def usefulness_lines(summary: dict[str, Any]) -> list[str]:
     if summary.get("picture_path"):
         lines.append(f"  per-class picture: {summary['picture_path']}")
     return lines
+
+
+def picture_paths(summary: dict[str, Any]) -> dict[str, str]:
+    """The pictures a run wrote, by what they show (only those that exist in the summary)."""
+    from pipelines.training.export import LOSS_CURVE_FILE
+
+    model_dir = summary.get("model_dir")
+    found = {
+        "samples and reconstructions": summary.get("grid_path"),
+        "loss curve": f"{model_dir.rstrip('/')}/{LOSS_CURVE_FILE}" if model_dir else None,
+        "dataset preview": summary.get("preview_path"),
+        "usefulness per class": summary.get("picture_path"),
+    }
+    return {k: v for k, v in found.items() if v}
+
+
+def run_summary(summary: dict[str, Any]) -> str:
+    """The end of `vaeaug run`: where everything is, how good it is, what took the time, how to load it."""
+    lines = ["", "Summary"]
+    if summary.get("training_cached"):
+        lines.append(f"  model     {summary['model_dir']}  (from the training cache)")
+    else:
+        lines.append(f"  model     {summary['model_dir']}")
+        if summary.get("run_name"):
+            lines.append(f"  run       {summary['run_name']}  (checkpoints: {summary['run_dir']})")
+    if summary.get("quality"):
+        lines.append(f"  held-out  {quality_line(summary['quality'])}")
+    lines.append(
+        f"  dataset   {summary['dataset_dir']}  ({summary['rows']} rows in {len(summary['files'])} files, "
+        "committed)"
+    )
+    if summary.get("per_class"):
+        lines.append("  per class " + ", ".join(f"{k}={v}" for k, v in summary["per_class"].items()))
+    for what, path in picture_paths(summary).items():
+        lines.append(f"  picture   {path}  ({what})")
+    timings = summary.get("timings") or {}
+    if timings:
+        lines.append("  time      " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()))
+    lines += ["", *usefulness_lines(summary), "", "Load it:", how_to_load(summary["dataset_dir"])]
+    return "\n".join(lines)
 
 
 def how_to_load(dataset_dir: str) -> str:

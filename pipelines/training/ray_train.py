@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from pipelines.config import PipelineConfig, TrainConfig
+from pipelines.console import console
 from pipelines.data.imageset import ImageSet
 from pipelines.errors import PipelineError
 from pipelines.raycluster import ensure_ray
@@ -211,10 +212,9 @@ def train_distributed(
         parts = {"train": train_set, "val": val_set}
         loop_config["data"] = ray.put({k: (v.images.numpy(), v.labels.numpy()) for k, v in parts.items()})
     trainer = _trainer(t, run_name, storage, use_gpu, cpus, loop_config, datasets)
-    log.info(
-        "training run %s: %d worker(s) x %d CPU%s, %s data, storage %s",
-        *(run_name, t.num_workers, cpus, " + 1 GPU" if use_gpu else ""),
-        *("streamed" if datasets else "in-memory", storage),
+    console.line(
+        f"training run {run_name}: {t.num_workers} worker(s) x {cpus} CPU{' + 1 GPU' if use_gpu else ''}, "
+        f"{'streamed' if datasets else 'in-memory'} data, checkpoints in {storage}/{run_name}"
     )
     show = on_epoch or (lambda row: log.info(format_epoch(row, t.epochs)))
     starts: list[int] = []  # the epoch each (re)start of the workers resumed from
@@ -225,7 +225,7 @@ def train_distributed(
             return
         starts.append(int(message["epoch"]))
         if message["epoch"]:
-            log.info("run %s resumes after epoch %d", run_name, message["epoch"])
+            console.line(f"run {run_name} resumes after epoch {message['epoch']}")
 
     try:
         with _relay(queue, handle):
@@ -277,7 +277,7 @@ def _trainer(
     datasets: dict[str, Any] | None,
 ) -> Any:
     """The `TorchTrainer` of a run (gloo on CPU, NCCL on GPU)."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     os.environ.setdefault(POLL_ENV, POLL_S)  # read by the controller when it starts
@@ -293,6 +293,8 @@ def _trainer(
             storage_path=storage,
             failure_config=FailureConfig(max_failures=t.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=t.keep_checkpoints),
+            # "Checkpoint successfully created" / "Reporting training result" every epoch: -v only
+            logging_config=LoggingConfig(log_level="INFO" if console.verbose else "WARNING"),
         ),
         datasets=datasets,
     )

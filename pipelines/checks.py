@@ -1,0 +1,84 @@
+"""Checks of a whole job before any work: a user error must cost seconds, not a training run.
+
+`check_job` runs before Prefect, Ray or the data load start (and again at the start of the flow, for
+deployments): the config, the data's shape (image headers), the dataset output (`generate.if_exists`
+against what is there, and a write probe), the model folder and the checkpoint storage. Every
+failure is a one-line `PipelineError`/`ConfigError` naming the setting and the fix; the stages then
+never retry them (see `pipelines.flow.transient`).
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from pipelines.config import PipelineConfig
+from pipelines.data.filesystems import first_line
+from pipelines.errors import StorageError
+
+
+@dataclass
+class JobCheck:
+    """What the checks found.
+
+    Args:
+        shape_note: what was inferred from the data (None: nothing left to infer).
+        dataset_dir: where this run's dataset will be written (a new version's folder, when the
+            output keeps versions).
+    """
+
+    shape_note: str | None
+    dataset_dir: str | None
+
+
+def _probe_dir(url: str, key: str, storage_options: dict | None = None) -> None:
+    """Create `url` if needed and write then delete a probe file there."""
+    import fsspec
+
+    probe = f"{url.rstrip('/')}/.vaeaug-probe-{uuid.uuid4().hex[:8]}"
+    try:
+        fs, path = fsspec.core.url_to_fs(probe, **(storage_options or {}))
+        fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+        fs.pipe_file(path, b"ok")
+        fs.rm(path)
+    except Exception as exc:  # any backend: PermissionError, FileExistsError, NotADirectoryError, botocore
+        raise StorageError(
+            f"{key} {url!r} is not writable ({type(exc).__name__}: {first_line(exc)}): give a writable "
+            "local path or a URL whose bucket exists and whose credentials allow writes"
+        ) from None
+
+
+def check_job(cfg: PipelineConfig, train: bool = True, generate: bool = True) -> JobCheck:
+    """Check what a job will read and write, changing nothing but probe files.
+
+    Args:
+        cfg: the pipeline config; the model's unset size/channels are resolved from the data here.
+        train: the job trains (the model folder and `train.storage_path` must be writable).
+        generate: the job writes a dataset (`generate.output` must be free or `if_exists` must say
+            what to do, and writable).
+
+    Returns:
+        `JobCheck`.
+
+    Raises:
+        ConfigError, DataError, StorageError: the first problem found (one line with the fix).
+    """
+    from pipelines.data import resolve_data_shape
+
+    note = resolve_data_shape(cfg)
+    if train:
+        _probe_dir(cfg.output_dir, "output_dir")
+        if cfg.train.backend == "ray" and not cfg.ray.submit_job:
+            from pipelines.training.preflight import resolve_storage
+
+            _probe_dir(resolve_storage(cfg.train.storage_path), "train.storage_path")
+    dataset_dir = None
+    if generate:
+        from pipelines.generate.commit import resolve_output
+
+        g = cfg.generate
+        dataset_dir = resolve_output(cfg.dataset_dir, g.if_exists, g.storage_options).url
+    return JobCheck(shape_note=note, dataset_dir=dataset_dir)
+
+
+__all__ = ["JobCheck", "check_job"]

@@ -1,0 +1,86 @@
+"""`vaeaug run`: check the job, start Prefect and Ray side by side, run the flow, print the summary.
+
+Start-up is most of a small job's wall time, so what can overlap does: Prefect's temporary server
+(a subprocess: database migrations, API) starts in a thread while this thread starts the local Ray.
+Everything that can be wrong with the job is checked before either starts (`check_job`, ~1 s).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from pipelines.checks import check_job
+from pipelines.config import PipelineConfig, load_config
+from pipelines.console import console, quiet_prefect_console
+from pipelines.errors import PipelineError
+
+
+def _shape_overrides(cfg: PipelineConfig, inferred: tuple[str, ...]) -> list[str]:
+    """Dotted overrides fixing what was inferred from the data, so the flow does not infer it again."""
+    import json
+
+    return [f"model.{key}={json.dumps(getattr(cfg.model, key))}" for key in inferred]
+
+
+def _start_prefect(errors: list[BaseException]) -> None:
+    """Thread body: Prefect's temporary server when no `PREFECT_API_URL` is set (else nothing)."""
+    from pipelines.prefect_server import STARTUP_TIMEOUT_S, start_temporary_server, uses_temporary_server
+
+    try:
+        if not uses_temporary_server():
+            return
+        with console.stage("prefect", "temporary local server (set PREFECT_API_URL to use your own)") as st:
+            try:
+                st.note(start_temporary_server() or "")
+            except RuntimeError as exc:
+                raise PipelineError(
+                    f"Prefect's temporary server did not answer within {STARTUP_TIMEOUT_S} s "
+                    f"({str(exc).splitlines()[0]}): start one with `prefect server start` and set "
+                    "PREFECT_API_URL=http://127.0.0.1:4200/api"
+                ) from None
+    except BaseException as exc:  # handed to the main thread
+        errors.append(exc)
+
+
+def _start_ray(cfg: PipelineConfig) -> None:
+    """The local Ray (or the connection to `ray.address`), as a console stage."""
+    from pipelines.raycluster import ensure_ray
+
+    with console.stage("ray") as stage:
+        info = ensure_ray(cfg.ray)
+        where = "local" if info.address is None else info.address
+        stage.note(f"{where}: {info.num_cpus:.0f} CPUs, {info.num_gpus:.0f} GPUs, {info.num_nodes} node(s)")
+
+
+def run_pipeline(config_path: str | None, overrides: list[str]) -> dict[str, Any]:
+    """Check the job, start the services and run the flow; returns the flow's summary.
+
+    Prefect's temporary server starts first, in a thread (it needs nothing from the job, and its
+    database start-up is the longest wait); the checks, then Ray, run here meanwhile. A failed check
+    ends the command at once (the server process is stopped at exit).
+
+    Raises:
+        ConfigError, PipelineError: a problem with the job (found before any work where possible).
+    """
+    errors: list[BaseException] = []
+    prefect = threading.Thread(target=_start_prefect, args=(errors,), name="prefect-start", daemon=True)
+    prefect.start()
+    cfg = load_config(config_path, overrides)
+    inferred = tuple(cfg.infer_from_data)
+    checked = check_job(cfg)  # before Ray, data or training: a user error costs seconds
+    if checked.shape_note:
+        console.line(checked.shape_note)
+    if not cfg.ray.submit_job:
+        _start_ray(cfg)
+    prefect.join()
+    if errors:
+        raise errors[0]
+    from pipelines.flow import augmentation_flow
+
+    quiet_prefect_console()  # after Prefect configured its logging
+    fixed = [*overrides, *_shape_overrides(cfg, inferred)]
+    return augmentation_flow(config_path=config_path, overrides=fixed)
+
+
+__all__ = ["run_pipeline"]
