@@ -80,6 +80,8 @@ def ensure_ray(cfg: RayConfig | None = None) -> ClusterInfo:
 
     cfg = cfg or RayConfig()
     address = cfg.address or os.environ.get("RAY_ADDRESS") or None
+    if not console.verbose:  # Ray's start-up notices and token-auth hints (Python's last-resort handler): -v
+        logging.getLogger("ray").setLevel(logging.ERROR)
     if not ray.is_initialized():
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         if address:
