@@ -297,7 +297,9 @@ def resolve_output(url: str, if_exists: str, storage_options: dict[str, Any] | N
         target = OutputTarget(
             join(url, version), fs, join(root, version), opts, leftovers, url, root, version=version
         )
-        _probe(fs, target.root, target.url)
+        # Probe the output, not vN/: a check must not create (and so use up) the version's folder;
+        # `prepare_output` creates it when the job really writes.
+        _probe(fs, root, url)
         return target
     target = OutputTarget(url, fs, root, opts, remove=leftovers)
     _probe(fs, root, url)
@@ -305,7 +307,8 @@ def resolve_output(url: str, if_exists: str, storage_options: dict[str, Any] | N
 
 
 def prepare_output(target: OutputTarget) -> None:
-    """Remove what `resolve_output` found to replace: the `_SUCCESS` marker first, then the rest.
+    """Remove what `resolve_output` found to replace (the `_SUCCESS` marker first, then the rest), and
+    create the new version's folder.
 
     Args:
         target: from `resolve_output`.
@@ -324,6 +327,11 @@ def prepare_output(target: OutputTarget) -> None:
             raise StorageError(
                 f"cannot remove the old {name!r} in {redact_url(target.base_url)!r}: {_first_line(exc)}"
             ) from None
+    if target.version is not None:
+        try:
+            target.fs.makedirs(target.root, exist_ok=True)
+        except Exception as exc:
+            raise StorageError(f"cannot create {redact_url(target.url)!r}: {_first_line(exc)}") from None
     target.fs.invalidate_cache(target.base_root)
 
 
