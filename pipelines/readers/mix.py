@@ -1,16 +1,21 @@
 """Mixing a real dataset with a synthetic one at a given ratio, deterministically.
 
-Both datasets must give `(image, label, ...)` items with images of the same shape and range (the
-synthetic readers give float (C, H, W) in [0, 1]; pass `transform=` to them to match the real data).
-Mixed items are `(image, label)`, or `(image, label, is_synthetic)` with `return_source=True`.
+Both datasets must give `(image, label, ...)` items (torchvision's `(x, y)`; anything after the
+label, such as the synthetic readers' latent with `return_latent=True`, is dropped) with images of
+the same shape and range: the synthetic readers give float (C, H, W) in [0, 1], so pass them the
+real data's `transform=` (and `target_transform=`) to match. Mixed items are `(image, label)`, or
+`(image, label, is_synthetic)` with `return_source=True`; integer labels (Python ints, 0-d tensors
+or numpy integers) come out as Python ints so that batches of both sources collate together.
 """
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterator, Sized
 from typing import Any
 
 import numpy as np
+import torch
 from torch.utils.data import Dataset, IterableDataset
 
 
@@ -29,8 +34,19 @@ def _check_fraction(synthetic_fraction: float) -> None:
         raise ValueError(f"synthetic_fraction={synthetic_fraction}: use a value in [0, 1]")
 
 
+def _label(y: Any) -> Any:
+    """An integer label as a Python int; anything else (a one-hot vector, a string...) as it is."""
+    if isinstance(y, numbers.Integral):
+        return int(y)
+    if isinstance(y, torch.Tensor) and y.ndim == 0 and not y.dtype.is_floating_point:
+        return int(y)
+    if isinstance(y, np.ndarray) and y.ndim == 0 and np.issubdtype(y.dtype, np.integer):
+        return int(y)
+    return y
+
+
 def _item(item: Any, synthetic: bool, return_source: bool) -> tuple:
-    x, y = item[0], int(item[1])
+    x, y = item[0], _label(item[1])
     return (x, y, synthetic) if return_source else (x, y)
 
 
