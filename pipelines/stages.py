@@ -318,9 +318,11 @@ def run_summary(summary: dict[str, Any]) -> str:
 
 
 def how_to_load(dataset_dir: str) -> str:
-    """A snippet that loads the committed dataset downstream."""
+    """A snippet that loads the committed dataset downstream (PyTorch, Ray Data, Hugging Face)."""
     return (
-        f"from pipelines.readers import SyntheticDataset  # PyTorch, streams from any fsspec URL\n"
+        "from pipelines.readers import SyntheticDataset  # PyTorch: (image, label) items, len, classes\n"
         f"ds = SyntheticDataset({dataset_dir!r})\n"
-        f"# or: datasets.load_dataset('parquet', data_files={dataset_dir.rstrip('/')!r} + '/data/*.parquet')"
+        f"# Ray Data: pipelines.readers.read_synthetic({dataset_dir!r}).iter_torch_batches()\n"
+        f"# Hugging Face: datasets.load_dataset('parquet', data_files={dataset_dir.rstrip('/')!r} + "
+        "'/data/*.parquet')"
     )
