@@ -203,6 +203,10 @@ def route_logs(verbose: bool) -> None:
     logging.getLogger().setLevel(logging.DEBUG if verbose else logging.WARNING)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    if not verbose:
+        # Ray's logger does not propagate; once `ray.init` drops its handler, Python's last-resort
+        # handler prints its warnings (e.g. token-auth hints): its own level keeps them off.
+        logging.getLogger("ray").setLevel(logging.ERROR)
     for name in ("pipelines", "vae"):
         ours = logging.getLogger(name)
         ours.handlers = [handler]

@@ -65,17 +65,18 @@ def run_pipeline(config_path: str | None, overrides: list[str]) -> dict[str, Any
     """
     errors: list[BaseException] = []
     prefect = threading.Thread(target=_start_prefect, args=(errors,), name="prefect-start", daemon=True)
-    prefect.start()
-    cfg = load_config(config_path, overrides)
-    inferred = tuple(cfg.infer_from_data)
-    checked = check_job(cfg)  # before Ray, data or training: a user error costs seconds
-    if checked.shape_note:
-        console.line(checked.shape_note)
-    if not cfg.ray.submit_job:
-        _start_ray(cfg)
-    prefect.join()
-    if errors:
-        raise errors[0]
+    with console.stage("start-up", "checks, then Ray; Prefect's server meanwhile"):
+        prefect.start()
+        cfg = load_config(config_path, overrides)
+        inferred = tuple(cfg.infer_from_data)
+        checked = check_job(cfg)  # before Ray, data or training: a user error costs seconds
+        if checked.shape_note:
+            console.line(checked.shape_note)
+        if not cfg.ray.submit_job:
+            _start_ray(cfg)
+        prefect.join()
+        if errors:
+            raise errors[0]
     from pipelines.flow import augmentation_flow
 
     quiet_prefect_console()  # after Prefect configured its logging
