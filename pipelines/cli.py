@@ -152,11 +152,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     evaluate -> generate (Ray) and measure the set's usefulness -> validate and commit the dataset."""
     from pipelines.console import console
 
-    console.line(f"vaeaug {package_version()} run: checks first, then Prefect and Ray start side by side")
+    given = " ".join(args.overrides) or "no overrides"
+    console.line(f"vaeaug {package_version()} run: config {args.config or '(defaults)'}, {given}")
     from pipelines.launch import run_pipeline
-    from pipelines.stages import run_summary
 
     summary = run_pipeline(args.config, list(args.overrides))
+    from pipelines.stages import run_summary
+
     summary["timings"] = {**summary.get("timings", {}), "total": console.elapsed()}
     console.plain(run_summary(summary))
     return 0

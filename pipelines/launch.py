@@ -1,19 +1,22 @@
-"""`vaeaug run`: check the job, start Prefect and Ray side by side, run the flow, print the summary.
+"""`vaeaug run`: check the job, start Prefect and Ray side by side, run the flow.
 
 Start-up is most of a small job's wall time, so what can overlap does: Prefect's temporary server
-(a subprocess: database migrations, API) starts in a thread while this thread starts the local Ray.
-Everything that can be wrong with the job is checked before either starts (`check_job`, ~1 s).
+(a subprocess: imports, database migrations) starts in a thread from the first moment, while this
+thread imports torch, checks the job (`check_job`: a user error stops here, before Ray, the data or
+any training) and starts the local Ray. This module imports nothing heavy itself, so the start-up
+stage (and its ticking status line on a terminal) opens at once.
 """
 
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pipelines.checks import check_job
-from pipelines.config import PipelineConfig, load_config
 from pipelines.console import console, quiet_prefect_console
 from pipelines.errors import PipelineError
+
+if TYPE_CHECKING:
+    from pipelines.config import PipelineConfig
 
 
 def _shape_overrides(cfg: PipelineConfig, inferred: tuple[str, ...]) -> list[str]:
@@ -67,6 +70,9 @@ def run_pipeline(config_path: str | None, overrides: list[str]) -> dict[str, Any
     prefect = threading.Thread(target=_start_prefect, args=(errors,), name="prefect-start", daemon=True)
     with console.stage("start-up", "checks, then Ray; Prefect's server meanwhile"):
         prefect.start()
+        from pipelines.checks import check_job  # torch & co.: after the server's start
+        from pipelines.config import load_config
+
         cfg = load_config(config_path, overrides)
         inferred = tuple(cfg.infer_from_data)
         checked = check_job(cfg)  # before Ray, data or training: a user error costs seconds
