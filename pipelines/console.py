@@ -198,6 +198,7 @@ def route_logs(verbose: bool) -> None:
     handler, so that silencing Prefect's console handler on the root logger does not hide them; the
     root logger shows third-party errors only (everything with -v)."""
     logging.basicConfig(format="%(message)s")
+    logging.captureWarnings(True)  # third-party UserWarnings (torch's kernel registry...): -v
     for handler in logging.getLogger().handlers:  # handler levels: records propagated from below too
         handler.setLevel(logging.DEBUG if verbose else logging.ERROR)
     logging.getLogger().setLevel(logging.DEBUG if verbose else logging.WARNING)

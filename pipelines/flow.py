@@ -99,6 +99,23 @@ def validate_task(dataset_dir: str, expected_rows: int, storage_options: dict[st
     return checked
 
 
+def _api_log() -> Any:
+    """A sink sending console lines to this flow run's log in the Prefect API (its UI) only.
+
+    Not through the run logger's console handler: the console already printed them (a served or
+    deployed run would show every line twice).
+    """
+    import logging
+
+    run_logger = get_run_logger()
+    source = logging.getLogger("prefect.flow_runs")
+    sink = logging.getLogger("prefect.flow_runs.vaeaug")
+    sink.propagate = False
+    sink.handlers = [h for h in source.handlers if type(h).__name__ == "APILogHandler"]
+    sink.setLevel(logging.INFO)
+    return logging.LoggerAdapter(sink, dict(getattr(run_logger, "extra", {}) or {})).info
+
+
 def _scheduled_time() -> Any:
     """When this flow run was scheduled for (per-run seeds derive from it), else None."""
     from prefect.runtime import flow_run
@@ -178,7 +195,7 @@ def augmentation_flow(
         Summary: model dir and checksum, whether training came from the cache, quality figures,
         the dataset location, rows and per-class counts, stage timings.
     """
-    with console.mirrored(get_run_logger().info):
+    with console.mirrored(_api_log()):
         cfg = load_config(config_path, overrides, settings=config)  # strict: fails before any Ray work
         with console.stage("checks") as stage:  # before any work: user errors cost seconds
             checked = check_job(cfg)

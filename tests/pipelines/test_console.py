@@ -7,6 +7,7 @@ import io
 import logging
 import re
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -203,6 +204,7 @@ def saved_logging() -> Iterator[None]:
     try:
         yield
     finally:
+        logging.captureWarnings(False)
         handlers, level, levels = before_root
         root.handlers = handlers
         root.setLevel(level)
@@ -235,6 +237,9 @@ def test_route_logs_shows_our_warnings_but_not_third_party_chatter(saved_logging
     assert "Completed()" not in err
     assert "ray chatter" not in err
     assert err.count("disk almost full") == 1  # our handler only, not the root's as well
+    # what Python does with a warning outside pytest's recorder (torch's kernel-registry UserWarning)
+    warnings.showwarning("Overriding a previously registered kernel", UserWarning, "library.py", 508)
+    assert "previously registered" not in capsys.readouterr().err  # Python warnings: -v only
     logging.getLogger("botocore.retries").error("bucket gone")
     assert "bucket gone" in capsys.readouterr().err  # third-party errors still show
 
@@ -245,6 +250,8 @@ def test_route_logs_verbose_shows_everything(saved_logging, capsys):
     route_logs(True)
     logging.getLogger("vae.train").debug("step 3")
     logging.getLogger("prefect.flow_runs").info("Finished in state Completed()")
+    warnings.showwarning("Overriding a previously registered kernel", UserWarning, "library.py", 508)
     err = capsys.readouterr().err
+    assert "previously registered" in err
     assert "DEBUG vae.train: step 3" in err
     assert "Completed()" in err

@@ -47,13 +47,27 @@ def _artifact(key: str):
     return found
 
 
+def _run_logs(flow_run_id) -> list[str]:
+    """The flow run's log lines in the Prefect API (what its UI shows), once they have been sent."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogHandler
+
+    APILogHandler().flush()
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+    return [log.message for log in logs]
+
+
 @pytest.mark.slow
 def test_flow_commits_dataset_publishes_artifacts_and_caches_training(tmp_path, ray_session):
     from pipelines.flow import augmentation_flow
 
     settings = _settings(tmp_path)
-    first = augmentation_flow(config=settings)
+    state = augmentation_flow(config=settings, return_state=True)
+    first = state.result()
     assert first["training_cached"] is False
+    assert any(line.startswith("done   train ") for line in _run_logs(state.state_details.flow_run_id))
     assert first["rows"] == 340
     assert first["per_class"]["7"] >= 40
     manifest = open_dataset(first["dataset_dir"])  # refuses anything uncommitted
