@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
-from pathlib import Path
 
 import pytest
 from prefect import flow, task
@@ -14,34 +11,9 @@ from prefect.states import Failed
 from pipelines.errors import DataError, StorageError
 from pipelines.flow import transient
 from pipelines.generate.commit import commit, resolve_output
+from tests.pipelines.generate.helpers import snapshot
+from tests.pipelines.test_flow import _settings as flow_settings
 from vae.config import ConfigError
-
-#: As in test_flow.py: a small job (it must never get as far as training here).
-SMALL = {
-    "model": {"hidden_channels": [16, 32], "latent_dim": 8},
-    "train": {"epochs": 2, "min_steps": 0, "batch_size": 128, "num_workers": 1},
-    "generate": {"num_samples": 300, "per_class": {"7": 40}, "shard_size": 128, "num_actors": 1},
-    "report": {"steps": 40, "seeds": 2, "batch_size": 32, "width": 8, "max_synthetic": 200},
-    "flow": {"retries": 0},
-}
-
-
-def _settings(tmp_path: Path) -> dict:
-    cfg = json.loads(json.dumps(SMALL))
-    cfg["output_dir"] = str(tmp_path / "job")
-    cfg["train"]["storage_path"] = str(tmp_path / "runs")
-    cfg["flow"].update(
-        {"result_storage": str(tmp_path / "prefect-results"), "retries": 2, "retry_delay_seconds": 10}
-    )
-    return cfg
-
-
-def _files(root: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in root.rglob("*")
-        if p.is_file()
-    }
 
 
 @pytest.mark.usefixtures("prefect_harness", "ray_session")
@@ -50,10 +22,11 @@ def test_rerun_onto_a_committed_dataset_fails_fast_without_training(tmp_path):
     training, without the retries' backoff, and leaves the previous run's files as they were."""
     from pipelines.flow import augmentation_flow
 
-    settings = _settings(tmp_path)
+    # test_flow's small job (it must never get as far as training here), with backoff to notice
+    settings = flow_settings(tmp_path, flow={"retries": 2, "retry_delay_seconds": 10})
     dataset = tmp_path / "job" / "synthetic"
     commit(resolve_output(str(dataset), "error"), {"rows": 0, "files": []}, "# earlier run\n")
-    before = _files(tmp_path)
+    before = snapshot(tmp_path)
     t0 = time.perf_counter()
     with pytest.raises(StorageError, match=r"generate\.if_exists"):
         augmentation_flow(config=settings)
@@ -62,7 +35,7 @@ def test_rerun_onto_a_committed_dataset_fails_fast_without_training(tmp_path):
     assert not runs.exists() or not any(runs.iterdir()), "training started"
     assert not (tmp_path / "job" / "model").exists()
     assert not (tmp_path / "job" / "config.yaml").exists()  # the earlier run's config is not replaced
-    assert _files(tmp_path) == before
+    assert snapshot(tmp_path) == before
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -65,3 +66,19 @@ MIXED = {
     "interpolations": 3,
     "interpolation_steps": 4,
 }
+
+
+def run_local(out: Path, model_dir: str, **gen: Any) -> Any:
+    """`generate` in this process (no Ray) into `out` with `make_cfg`'s settings plus `gen`."""
+    from pipelines.generate import generate
+
+    return generate(make_cfg(str(out), **gen), model_dir=model_dir, progress=False, use_ray=False)
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Relative path -> sha256 of every file under `root` (to assert nothing changed)."""
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in root.rglob("*")
+        if p.is_file()
+    }

@@ -12,27 +12,14 @@ import pytest
 import yaml
 
 from pipelines.errors import DataError, ModelError, PipelineError, StorageError
-from pipelines.generate import generate
 from pipelines.generate.commit import redact_url
 from pipelines.readers import open_dataset
-from tests.pipelines.generate.helpers import make_cfg
-
-
-def _run(out, model, **gen):
-    return generate(make_cfg(str(out), **gen), model_dir=model, progress=False, use_ray=False)
-
-
-def _snapshot(root: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in root.rglob("*")
-        if p.is_file()
-    }
+from tests.pipelines.generate.helpers import run_local, snapshot
 
 
 def test_commit_writes_manifest_card_and_marker_last(tmp_path, cond_model):
     out = tmp_path / "ds"
-    res = _run(out, cond_model, num_samples=40, per_class={"2": 6})
+    res = run_local(out, cond_model, num_samples=40, per_class={"2": 6})
     assert sorted(p.name for p in out.iterdir()) == [
         "README.md",
         "_SUCCESS",
@@ -58,7 +45,7 @@ def test_commit_writes_manifest_card_and_marker_last(tmp_path, cond_model):
 def test_dataset_card_front_matter_declares_the_features(tmp_path, cond_model):
     datasets = pytest.importorskip("datasets")
     out = tmp_path / "ds"
-    _run(out, cond_model, num_samples=20)
+    run_local(out, cond_model, num_samples=20)
     text = (out / "README.md").read_text()
     front = yaml.safe_load(text.split("---\n")[1])
     manifest = json.loads((out / "manifest.json").read_text())
@@ -69,47 +56,47 @@ def test_dataset_card_front_matter_declares_the_features(tmp_path, cond_model):
 
 def test_existing_dataset_is_not_clobbered(tmp_path, cond_model):
     out = tmp_path / "ds"
-    _run(out, cond_model, num_samples=20)
-    before = _snapshot(out)
+    run_local(out, cond_model, num_samples=20)
+    before = snapshot(out)
     with pytest.raises(StorageError, match="committed dataset already exists.*if_exists=overwrite"):
-        _run(out, cond_model, num_samples=30)
-    assert _snapshot(out) == before
+        run_local(out, cond_model, num_samples=30)
+    assert snapshot(out) == before
 
 
 def test_overwrite_replaces_every_old_file(tmp_path, cond_model):
     out = tmp_path / "ds"
-    _run(out, cond_model, num_samples=60)  # 4 shards
-    res = _run(out, cond_model, num_samples=20, if_exists="overwrite")  # 2 shards
+    run_local(out, cond_model, num_samples=60)  # 4 shards
+    res = run_local(out, cond_model, num_samples=20, if_exists="overwrite")  # 2 shards
     assert sorted(p.name for p in (out / "data").iterdir()) == [Path(f).name for f in res.files]
     assert open_dataset(str(out)).rows == 20
 
 
 def test_leftover_uncommitted_dataset_is_refused_then_cleaned(tmp_path, cond_model):
     out = tmp_path / "ds"
-    _run(out, cond_model, num_samples=60)
+    run_local(out, cond_model, num_samples=60)
     (out / "_SUCCESS").unlink()  # as if the job had died before committing
     with pytest.raises(DataError, match="incomplete"):
         open_dataset(str(out))
-    res = _run(out, cond_model, num_samples=20)  # if_exists=error: an uncommitted leftover is cleaned
+    res = run_local(out, cond_model, num_samples=20)  # if_exists=error: an uncommitted leftover is cleaned
     assert len(list((out / "data").iterdir())) == len(res.files) == 2
 
 
 def test_directory_with_foreign_files_is_refused(tmp_path, cond_model):
     (tmp_path / "mine.txt").write_text("keep me")
     with pytest.raises(StorageError, match="not part of a vaeaug dataset"):
-        _run(tmp_path, cond_model)
+        run_local(tmp_path, cond_model)
     assert (tmp_path / "mine.txt").read_text() == "keep me"
 
 
 def test_unwritable_output_fails_before_any_work(tmp_path, cond_model):
     (tmp_path / "file").write_text("x")
     with pytest.raises(StorageError, match="cannot write to generate.output"):
-        _run(tmp_path / "file" / "ds", cond_model)
+        run_local(tmp_path / "file" / "ds", cond_model)
 
 
 def test_memory_url_output(cond_model):
     url = "memory://vaeaug-tests/ds"
-    res = _run(url, cond_model, num_samples=20)
+    res = run_local(url, cond_model, num_samples=20)
     fs = fsspec.filesystem("memory")
     assert fs.exists("/vaeaug-tests/ds/_SUCCESS") and open_dataset(url).rows == res.rows == 20
     fs.rm("/vaeaug-tests", recursive=True)
@@ -124,26 +111,26 @@ def test_memory_url_output(cond_model):
 )
 def test_bad_requests_commit_nothing(tmp_path, cond_model, kwargs, error, match):
     with pytest.raises(error, match=match):
-        _run(tmp_path / "ds", cond_model, **kwargs)
+        run_local(tmp_path / "ds", cond_model, **kwargs)
     assert not (tmp_path / "ds").exists()
 
 
 def test_per_class_on_unconditional_model(tmp_path, uncond_model):
     with pytest.raises(ModelError, match="needs a class-conditional model"):
-        _run(tmp_path / "ds", uncond_model, per_class={"3": 2})
+        run_local(tmp_path / "ds", uncond_model, per_class={"3": 2})
     assert not (tmp_path / "ds").exists()
 
 
 def test_missing_and_corrupt_model(tmp_path, cond_model):
     with pytest.raises(ModelError, match="no saved model"):
-        _run(tmp_path / "ds", str(tmp_path / "nope"))
+        run_local(tmp_path / "ds", str(tmp_path / "nope"))
     broken = tmp_path / "broken"
     shutil.copytree(cond_model, broken)
     blob = bytearray((broken / "model.safetensors").read_bytes())
     blob[-10:] = b"\x00" * 10
     (broken / "model.safetensors").write_bytes(bytes(blob))
     with pytest.raises(ModelError, match="corrupt weights"):
-        _run(tmp_path / "ds", str(broken))
+        run_local(tmp_path / "ds", str(broken))
     assert not (tmp_path / "ds").exists()
 
 

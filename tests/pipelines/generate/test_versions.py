@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
-from pathlib import Path
 
 import fsspec
 import pytest
@@ -14,27 +12,15 @@ from pipelines.errors import StorageError
 from pipelines.generate import generate
 from pipelines.generate.commit import LATEST, LatestPointer, OutputTarget, open_fs, point_latest, read_latest
 from pipelines.readers import SyntheticDataset, open_dataset
-from tests.pipelines.generate.helpers import make_cfg
-
-
-def _run(out, model, **gen):
-    return generate(make_cfg(str(out), **gen), model_dir=model, progress=False, use_ray=False)
-
-
-def _snapshot(root: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in root.rglob("*")
-        if p.is_file()
-    }
+from tests.pipelines.generate.helpers import make_cfg, run_local, snapshot
 
 
 def test_versions_are_siblings_and_latest_follows_the_newest(tmp_path, cond_model):
     out = tmp_path / "ds"
-    v1 = _run(out, cond_model, num_samples=20, if_exists="new_version")
-    v1_files = _snapshot(out / "v1")
-    v2 = _run(out, cond_model, num_samples=30, if_exists="new_version")
-    v3 = _run(out, cond_model, num_samples=10, if_exists="new_version")
+    v1 = run_local(out, cond_model, num_samples=20, if_exists="new_version")
+    v1_files = snapshot(out / "v1")
+    v2 = run_local(out, cond_model, num_samples=30, if_exists="new_version")
+    v3 = run_local(out, cond_model, num_samples=10, if_exists="new_version")
     assert sorted(p.name for p in out.iterdir()) == [LATEST, "v1", "v2", "v3"]
     assert [r.dataset_dir for r in (v1, v2, v3)] == [f"{out}/v1", f"{out}/v2", f"{out}/v3"]
     assert (v3.output_dir, v3.version, v3.files[0]) == (
@@ -43,7 +29,7 @@ def test_versions_are_siblings_and_latest_follows_the_newest(tmp_path, cond_mode
         f"{out}/v3/data/part-00000-of-00001.parquet",
     )
     assert all((out / v / "_SUCCESS").exists() for v in ("v1", "v2", "v3"))
-    assert _snapshot(out / "v1") == v1_files  # a committed version is never touched again
+    assert snapshot(out / "v1") == v1_files  # a committed version is never touched again
     pointer = json.loads((out / LATEST).read_text())
     marker = json.loads((out / "v3" / "_SUCCESS").read_text())
     assert pointer["version"] == "v3" and pointer["rows"] == 10
@@ -57,55 +43,55 @@ def test_versions_are_siblings_and_latest_follows_the_newest(tmp_path, cond_mode
 
 def test_unversioned_dataset_refuses_new_version_until_moved_into_v1(tmp_path, cond_model):
     out = tmp_path / "ds"
-    _run(out, cond_model, num_samples=20)
-    before = _snapshot(out)
+    run_local(out, cond_model, num_samples=20)
+    before = snapshot(out)
     with pytest.raises(
         StorageError, match=r"holds an unversioned dataset.*move its files .* into '.*/ds/v1'"
     ):
-        _run(out, cond_model, num_samples=30, if_exists="new_version")
-    assert _snapshot(out) == before
+        run_local(out, cond_model, num_samples=30, if_exists="new_version")
+    assert snapshot(out) == before
     (out / "v1").mkdir()  # the fix the message names
     for p in list(out.iterdir()):
         if p.name != "v1":
             shutil.move(p, out / "v1" / p.name)
-    res = _run(out, cond_model, num_samples=30, if_exists="new_version")
+    res = run_local(out, cond_model, num_samples=30, if_exists="new_version")
     assert res.version == "v2" and open_dataset(str(out)).rows == 30 and open_dataset(f"{out}/v1").rows == 20
 
 
 @pytest.mark.parametrize("if_exists", ["error", "overwrite"])
 def test_a_directory_of_versions_refuses_error_and_overwrite(tmp_path, cond_model, if_exists):
     out = tmp_path / "ds"
-    _run(out, cond_model, num_samples=20, if_exists="new_version")
-    before = _snapshot(out)
+    run_local(out, cond_model, num_samples=20, if_exists="new_version")
+    before = snapshot(out)
     with pytest.raises(
         StorageError, match=rf"holds versions \(v1\).*if_exists={if_exists}.*new_version to add v2/"
     ):
-        _run(out, cond_model, num_samples=30, if_exists=if_exists)
-    assert _snapshot(out) == before
+        run_local(out, cond_model, num_samples=30, if_exists=if_exists)
+    assert snapshot(out) == before
 
 
 def test_a_failed_version_is_skipped_and_the_pointer_stays(tmp_path, cond_model):
     out = tmp_path / "ds"
-    _run(out, cond_model, num_samples=20, if_exists="new_version")
+    run_local(out, cond_model, num_samples=20, if_exists="new_version")
     shutil.copytree(out / "v1" / "data", out / "v2" / "data")  # v2: a run that died before its commit
     assert open_dataset(str(out)).url == f"{out}/v1"
-    res = _run(out, cond_model, num_samples=30, if_exists="new_version")
+    res = run_local(out, cond_model, num_samples=30, if_exists="new_version")
     assert res.version == "v3" and open_dataset(str(out)).url == f"{out}/v3"
     assert not (out / "v2" / "_SUCCESS").exists()  # left as it was: never reused
 
 
 def test_uncommitted_leftovers_at_the_root_are_cleaned(tmp_path, cond_model):
     out = tmp_path / "ds"
-    _run(out, cond_model, num_samples=20)
+    run_local(out, cond_model, num_samples=20)
     (out / "_SUCCESS").unlink()  # an unversioned run that died before its commit
-    res = _run(out, cond_model, num_samples=30, if_exists="new_version")
+    res = run_local(out, cond_model, num_samples=30, if_exists="new_version")
     assert res.version == "v1" and sorted(p.name for p in out.iterdir()) == [LATEST, "v1"]
 
 
 def test_the_pointer_never_moves_back(tmp_path, cond_model):
     out = tmp_path / "ds"
-    _run(out, cond_model, num_samples=20, if_exists="new_version")
-    _run(out, cond_model, num_samples=30, if_exists="new_version")
+    run_local(out, cond_model, num_samples=20, if_exists="new_version")
+    run_local(out, cond_model, num_samples=30, if_exists="new_version")
     fs, root = open_fs(str(out))
     late_v1 = OutputTarget(f"{out}/v1", fs, f"{root}/v1", base_url=str(out), base_root=root, version="v1")
     assert not point_latest(late_v1, LatestPointer("v1", 20, "x"))  # v2 committed first: it stays
@@ -116,8 +102,8 @@ def test_the_pointer_never_moves_back(tmp_path, cond_model):
 def test_versions_on_an_object_store_url(cond_model):
     url = "memory://vaeaug-versions/ds"
     try:
-        _run(url, cond_model, num_samples=20, if_exists="new_version")
-        res = _run(url, cond_model, num_samples=10, if_exists="new_version")
+        run_local(url, cond_model, num_samples=20, if_exists="new_version")
+        res = run_local(url, cond_model, num_samples=10, if_exists="new_version")
         assert res.dataset_dir == f"{url}/v2"
         latest = open_dataset(url)
         assert (latest.url, latest.rows) == (f"{url}/v2", 10)
