@@ -2,17 +2,29 @@
 
 No cluster or Docker daemon is needed: the manifests are parsed with PyYAML, the Prefect files are
 validated with Prefect's own models and templating, and the entrypoints and configs they name are
-imported and loaded for real.
+imported and loaded for real. The security checks (images pinned by digest, no default secrets,
+restricted containers, Ray token auth, NetworkPolicies) parse the same files; Ray's token auth is
+also started for real with the environment the manifests set.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
 import re
 import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
 import tomllib
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,8 +49,14 @@ DOCKERFILE = DEPLOY / "Dockerfile"
 ENV_EXAMPLE = DEPLOY / ".env.example"
 
 COMPOSE_SERVICES = {"postgres", "prefect-server", "prefect-worker", "minio", "ray-head", "ray-worker"}
-# Third-party images allowed in compose (repository -> why); everything else is the project image.
-THIRD_PARTY_IMAGES = {"postgres", "minio/minio", "prefecthq/prefect"}
+RAY_AUTH_SECRET = "vaeaug-ray-auth"  # key auth_token (KubeRay's convention for authOptions.secretName)
+RAY_PORTS = {6379, 8265, 10001}  # GCS, dashboard and jobs API, Ray client
+IMAGE_HOME = "/home/vaeaug"  # HOME of the image's user (useradd --create-home in the Dockerfile)
+DIGEST_PLACEHOLDER = "REPLACE_WITH_DIGEST"
+PINNED_IMAGE = re.compile(r"^\S+?:\w[\w.-]{0,127}@sha256:[0-9a-f]{64}$")
+REQUIRED_VARIABLE = re.compile(r"^\$\{(?P<name>[A-Za-z_]\w*):\?(?P<message>[^}]+)\}$")
+# Compose variables that hold credentials or identities: never a default, always `${VAR:?...}`.
+COMPOSE_SECRET = re.compile(r"(PASSWORD|SECRET|TOKEN|ACCESS_KEY|AUTH|_USER$)")
 
 SECRET_NAME = re.compile(r"(PASSWORD|SECRET|TOKEN|ACCESS_KEY|PRIVATE_KEY|CREDENTIAL)", re.IGNORECASE)
 SUBSTITUTION = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::?[-?](?P<default>[^}]*))?\}")
@@ -87,11 +105,6 @@ def _images(node: Any) -> Iterator[str]:
             yield from _images(item)
 
 
-def _substitute_defaults(value: str) -> str:
-    """Resolve compose `${VAR:-default}` the way compose does with an empty environment."""
-    return SUBSTITUTION.sub(lambda m: m.group("default") or "", value)
-
-
 def _image_repo_and_tag(image: str) -> tuple[str, str]:
     repo, _, tag = image.rpartition(":")
     if "/" in tag or not repo:  # "host:port/name" without a tag
@@ -103,10 +116,20 @@ def _containers(pod_template: dict[str, Any]) -> list[dict[str, Any]]:
     return pod_template["spec"]["containers"]
 
 
+def _docs(path: Path) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+def _kuberay(path: Path) -> dict[str, Any]:
+    """The RayCluster or RayJob of a KubeRay file (its other documents are NetworkPolicies)."""
+    (doc,) = [d for d in _docs(path) if d.get("apiVersion") == "ray.io/v1"]
+    return doc
+
+
 def _cluster_specs() -> dict[str, dict[str, Any]]:
     return {
-        _rel(RAYCLUSTER): _load(RAYCLUSTER)["spec"],
-        _rel(RAYJOB): _load(RAYJOB)["spec"]["rayClusterSpec"],
+        _rel(RAYCLUSTER): _kuberay(RAYCLUSTER)["spec"],
+        _rel(RAYJOB): _kuberay(RAYJOB)["spec"]["rayClusterSpec"],
     }
 
 
@@ -157,26 +180,36 @@ def test_no_cloud_keys_in_any_deploy_file() -> None:
         assert not AWS_SECRET_VALUE.search(text), f"{_rel(path)} contains what looks like an AWS secret key"
 
 
+def _env_example() -> dict[str, str]:
+    lines = ENV_EXAMPLE.read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if "=" in line and not line.startswith("#"))
+
+
 def test_one_project_image_everywhere() -> None:
+    # Kubernetes and Prefect: the image by digest (the placeholder until `deploy/images.py pin`).
     found: dict[str, set[str]] = {}
     for path in (RAYCLUSTER, RAYJOB):
-        found[_rel(path)] = set(_images(_load(path)))
+        found[_rel(path)] = {i for doc in _docs(path) for i in _images(doc)}
     for dep in _load(PREFECT_YAML)["deployments"]:
         image = dep.get("work_pool", {}).get("job_variables", {}).get("image")
         if image is not None:
             found[f"{_rel(PREFECT_YAML)}:{dep['name']}"] = {image}
-    for name, svc in _load(COMPOSE)["services"].items():
-        repo, _ = _image_repo_and_tag(_substitute_defaults(svc["image"]))
-        if repo not in THIRD_PARTY_IMAGES:
-            found[f"{_rel(COMPOSE)}:{name}"] = {_substitute_defaults(svc["image"])}
-    env_example = dict(
-        line.split("=", 1) for line in ENV_EXAMPLE.read_text().splitlines() if line and line[0] != "#"
-    )
-    found[_rel(ENV_EXAMPLE)] = {env_example["VAEAUG_IMAGE"]}
-
-    assert len(found) >= 6, f"too few image references found: {found}"
-    wrong = {where: images for where, images in found.items() if images != {IMAGE}}
-    assert not wrong, f"every manifest must use the project image {IMAGE}: {wrong}"
+    assert len(found) >= 3, f"too few image references found: {found}"
+    refs = set().union(*found.values())
+    assert len(refs) == 1, f"every manifest must use the same project image: {found}"
+    (ref,) = refs
+    name_tag, _, digest = ref.partition("@sha256:")
+    assert name_tag == IMAGE, f"the project image is {IMAGE} (pyproject.toml's version), not {name_tag}"
+    assert digest == DIGEST_PLACEHOLDER or re.fullmatch(r"[0-9a-f]{64}", digest), ref
+    # Compose: every service built from the project image takes it from deploy/.env.
+    for name, svc in _services().items():
+        if "build" in svc:
+            var = REQUIRED_VARIABLE.match(svc["image"])
+            assert var and var.group("name") == "VAEAUG_IMAGE", (
+                f"{name}: image must be ${{VAEAUG_IMAGE:?...}}"
+            )
+            assert f"{IMAGE}@sha256:" in var.group("message"), "the message shows what to set"
+    assert "VAEAUG_IMAGE" in _env_example()
     assert f"-t {IMAGE}" in (DEPLOY / "README.md").read_text(), "README's build command must tag the image"
     assert f"-t {IMAGE}" in DOCKERFILE.read_text(), "the Dockerfile's build comment must tag the image"
 
@@ -212,6 +245,10 @@ def _dockerfile_args() -> dict[str, str]:
     }
 
 
+def _dockerfile_args_without_default() -> set[str]:
+    return {args.split()[0] for instr, args in _dockerfile() if instr == "ARG" and "=" not in args}
+
+
 def _expand_args(value: str) -> str:
     args = _dockerfile_args()
     return re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: args.get(m.group(1) or m.group(2), m.group(0)), value)
@@ -223,9 +260,18 @@ def _final_stage() -> list[tuple[str, str]]:
     return instructions[last_from:]
 
 
+def _documented_build_arg(name: str) -> str:
+    """The name:tag the Dockerfile's header says to pass as --build-arg `name` (it has no default)."""
+    match = re.search(rf"--build-arg {name}=(\S+?)@sha256:", DOCKERFILE.read_text())
+    assert match, f"the Dockerfile header must show --build-arg {name}=<name:tag>@sha256:<digest>"
+    return match.group(1)
+
+
 def test_dockerfile_base_image_is_cuda_capable() -> None:
     from_args = _final_stage()[0][1].split()
-    base = _expand_args(from_args[0])
+    assert from_args[0] == "${CUDA_IMAGE}", "the runtime stage builds on the CUDA_IMAGE build arg"
+    assert "CUDA_IMAGE" in _dockerfile_args_without_default()
+    base = _documented_build_arg("CUDA_IMAGE")
     repo, tag = _image_repo_and_tag(base)
     cuda = repo == "nvidia/cuda" and re.match(r"^\d+\.\d+", tag)
     ray_gpu = repo == "rayproject/ray" and ("gpu" in tag or "-cu" in tag)
@@ -304,7 +350,7 @@ def test_docker_build_context_excludes_local_secrets_and_venv() -> None:
     ("path", "kind"), [(RAYCLUSTER, "RayCluster"), (RAYJOB, "RayJob")], ids=["raycluster", "rayjob"]
 )
 def test_kuberay_resource_header(path: Path, kind: str) -> None:
-    doc = _load(path)
+    doc = _kuberay(path)
     assert doc["apiVersion"] == "ray.io/v1"
     assert doc["kind"] == kind
     assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", doc["metadata"]["name"])
@@ -365,19 +411,27 @@ def test_credentials_come_from_the_secret() -> None:
 
 
 def test_rayjob_uses_the_same_groups_as_the_raycluster() -> None:
-    cluster = _load(RAYCLUSTER)["spec"]
-    job_cluster = _load(RAYJOB)["spec"]["rayClusterSpec"]
-    assert job_cluster["headGroupSpec"] == cluster["headGroupSpec"]
+    cluster = _kuberay(RAYCLUSTER)["spec"]
+    job_cluster = _kuberay(RAYJOB)["spec"]["rayClusterSpec"]
 
-    def shape(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        scaling = ("replicas", "minReplicas", "maxReplicas")
-        return [{k: v for k, v in g.items() if k not in scaling} for g in groups]
+    def group(spec: dict[str, Any], instance: str) -> dict[str, Any]:
+        # The instance label names the cluster (the NetworkPolicies select by it): the only difference.
+        spec = json.loads(json.dumps(spec))
+        labels = spec["template"]["metadata"]["labels"]
+        assert labels.pop("app.kubernetes.io/instance") == instance
+        return {k: v for k, v in spec.items() if k not in ("replicas", "minReplicas", "maxReplicas")}
 
-    assert shape(job_cluster["workerGroupSpecs"]) == shape(cluster["workerGroupSpecs"])
+    job_name = _kuberay(RAYJOB)["metadata"]["name"]
+    cluster_name = _kuberay(RAYCLUSTER)["metadata"]["name"]
+    assert group(job_cluster["headGroupSpec"], job_name) == group(cluster["headGroupSpec"], cluster_name)
+    assert [group(g, job_name) for g in job_cluster["workerGroupSpecs"]] == [
+        group(g, cluster_name) for g in cluster["workerGroupSpecs"]
+    ]
+    assert job_cluster["authOptions"] == cluster["authOptions"]
 
 
 def test_rayjob_lifecycle() -> None:
-    spec = _load(RAYJOB)["spec"]
+    spec = _kuberay(RAYJOB)["spec"]
     assert spec["shutdownAfterJobFinishes"] is True
     assert isinstance(spec["ttlSecondsAfterFinished"], int) and spec["ttlSecondsAfterFinished"] > 0
     assert spec.get("submissionMode", "K8sJobMode") in ("K8sJobMode", "HTTPMode", "SidecarMode")
@@ -387,7 +441,7 @@ def test_rayjob_entrypoint_is_the_cli_with_a_valid_config() -> None:
     from pipelines.cli import build_parser
     from pipelines.config import load_config
 
-    spec = _load(RAYJOB)["spec"]
+    spec = _kuberay(RAYJOB)["spec"]
     argv = shlex.split(spec["entrypoint"])
     assert argv[0] == "vaeaug"
     assert _pyproject()["project"]["scripts"]["vaeaug"] == "pipelines.cli:main"
@@ -561,7 +615,7 @@ def test_k8s_deployment_job_variables_render_a_gpu_job() -> None:
 
     pod = _render(job_vars)["spec"]["template"]["spec"]
     (container,) = pod["containers"]
-    assert container["image"] == IMAGE
+    assert container["image"].startswith(f"{IMAGE}@sha256:")
     assert container["resources"]["limits"]["nvidia.com/gpu"] == job_vars["gpu"] >= 1
     assert any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"])
     assert {"secretRef": {"name": S3_SECRET}} in container["envFrom"]
@@ -600,13 +654,14 @@ def test_compose_has_the_stack() -> None:
     assert (REPO / script).is_file(), f"{script} (the bucket job) is not in the repository"
 
 
-def test_compose_third_party_images_are_pinned() -> None:
-    for name, svc in _services().items():
-        repo, tag = _image_repo_and_tag(_substitute_defaults(svc["image"]))
-        if repo in THIRD_PARTY_IMAGES:
-            assert tag and tag != "latest", f"{name}: pin {repo}"
-    _, prefect_tag = _image_repo_and_tag(_services()["prefect-server"]["image"])
-    assert prefect_tag.split("-")[0] == _locked_version("prefect"), "Prefect server = the locked Prefect"
+def test_compose_prefect_server_is_the_locked_prefect() -> None:
+    var = REQUIRED_VARIABLE.match(_services()["prefect-server"]["image"])
+    assert var, "prefect-server: the image (by digest) comes from deploy/.env"
+    documented = re.search(r"prefecthq/prefect:(\S+?)@sha256:", var.group("message"))
+    assert documented, "the message must show prefecthq/prefect:<tag>@sha256:<digest>"
+    assert documented.group(1).split("-")[0] == _locked_version("prefect"), (
+        "Prefect server = the locked Prefect"
+    )
 
 
 def test_compose_prefect_server_uses_postgres() -> None:
@@ -645,7 +700,7 @@ def test_compose_has_no_literal_secrets() -> None:
     for name, svc in _services().items():
         for key, value in _environment(svc).items():
             if SECRET_NAME.search(key):
-                assert SUBSTITUTION.fullmatch(value), f"{name}: {key} must be a ${{VAR:-dev-default}}"
+                assert REQUIRED_VARIABLE.fullmatch(value), f"{name}: {key} must be a ${{VAR:?message}}"
             # URLs with credentials (user:password@host): the password must be a substitution too.
             masked = SUBSTITUTION.sub("<subst>", value)
             for user_info in re.findall(r"://([^/@\s]+)@", masked):
@@ -655,11 +710,9 @@ def test_compose_has_no_literal_secrets() -> None:
 
 def test_env_example_defines_every_compose_variable() -> None:
     used = {m.group("name") for m in SUBSTITUTION.finditer(COMPOSE.read_text())}
-    defined = {
-        line.split("=", 1)[0]
-        for line in ENV_EXAMPLE.read_text().splitlines()
-        if "=" in line and line[0] != "#"
-    }
+    for svc in _services().values():  # bare build args take their value from deploy/.env
+        used |= {a for a in (svc.get("build") or {}).get("args", []) if "=" not in a}
+    defined = set(_env_example())
     assert used <= defined, f"add to .env.example: {sorted(used - defined)}"
 
 
@@ -675,3 +728,491 @@ def test_create_bucket_job_is_idempotent(s3) -> None:
     assert module.ensure_bucket(bucket) is True
     assert module.ensure_bucket(bucket) is False
     assert s3fs.S3FileSystem().exists(bucket)
+
+
+# ==================================================================================== security
+# ------------------------------------------------------------------------------------ pinned images
+def _is_documented_required(ref: str) -> bool:
+    """A compose `${VAR:?message}` whose message shows the name:tag@sha256: form to set."""
+    var = REQUIRED_VARIABLE.match(ref)
+    return bool(var and re.search(r"\S+:\S+@sha256:", var.group("message")))
+
+
+def _dockerfile_image_refs() -> dict[str, str]:
+    """Where -> reference: the syntax frontend and every FROM that is not an earlier stage."""
+    refs = {"# syntax": DOCKERFILE.read_text().splitlines()[0].partition("=")[2].strip()}
+    stages: set[str] = set()
+    for instr, args in _dockerfile():
+        if instr != "FROM":
+            continue
+        words = [w for w in args.split() if not w.startswith("--")]
+        if words[0] not in stages:
+            refs[f"FROM {words[0]}"] = words[0]
+        if len(words) == 3 and words[1].upper() == "AS":
+            stages.add(words[2])
+    return refs
+
+
+def test_every_image_is_pinned_by_digest() -> None:
+    bad = []
+    for path in (RAYCLUSTER, RAYJOB, PREFECT_YAML):
+        for image in (i for doc in _docs(path) for i in _images(doc)):
+            placeholder = image == f"{IMAGE}@sha256:{DIGEST_PLACEHOLDER}"  # the project image before `pin`
+            if not (PINNED_IMAGE.match(image) or placeholder):
+                bad.append(f"{_rel(path)}: {image}")
+    for name, svc in _services().items():
+        if not (PINNED_IMAGE.match(svc["image"]) or _is_documented_required(svc["image"])):
+            bad.append(f"{_rel(COMPOSE)}:{name}: {svc['image']}")
+    no_default = _dockerfile_args_without_default()
+    for where, ref in _dockerfile_image_refs().items():
+        arg = re.fullmatch(r"\$\{(\w+)\}", ref)
+        if arg:  # a build arg without default, documented in the header with its name:tag
+            ok = arg.group(1) in no_default and _documented_build_arg(arg.group(1))
+        else:
+            ok = PINNED_IMAGE.match(ref)
+        if not ok:
+            bad.append(f"{_rel(DOCKERFILE)}: {where}")
+    assert not bad, f"images not pinned by digest (name:tag@sha256:<64 hex>): {bad}"
+
+
+def test_dockerfile_base_images_have_no_default() -> None:
+    # A default would be used silently; without one the build stops until the digest is given.
+    assert {"CUDA_IMAGE", "UV_IMAGE"} <= _dockerfile_args_without_default()
+    assert _documented_build_arg("UV_IMAGE").startswith("ghcr.io/astral-sh/uv:")
+    assert "args" in _services()["ray-head"]["build"], "compose passes the base images from deploy/.env"
+    assert set(_services()["ray-head"]["build"]["args"]) == {"CUDA_IMAGE", "UV_IMAGE"}
+
+
+# ------------------------------------------------------------------------------------ deploy/images.py
+def _images_tool():
+    if "deploy_images" not in sys.modules:  # dataclasses look their module up in sys.modules
+        spec = importlib.util.spec_from_file_location("deploy_images", DEPLOY / "images.py")
+        sys.modules["deploy_images"] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules["deploy_images"])
+    return sys.modules["deploy_images"]
+
+
+def _run_images_tool(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(DEPLOY / "images.py"), *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_images_tool_passes_the_repository_and_refuses_the_placeholder() -> None:
+    tool = _images_tool()
+    count, problems = tool.check(DEPLOY, allow_placeholder=True)
+    assert not problems, problems
+    assert count >= 12, f"the tool found only {count} image references"
+    _, strict = tool.check(DEPLOY)
+    placeholders = sum(
+        f"{IMAGE}@sha256:{DIGEST_PLACEHOLDER}" in p.read_text() for p in (RAYCLUSTER, RAYJOB, PREFECT_YAML)
+    )
+    assert bool(strict) == bool(placeholders), "deploying must be refused while a placeholder is left"
+    for line in strict:
+        assert "\n" not in line and "placeholder" in line and "images.py pin" in line, line
+
+
+def test_images_tool_pin_fills_in_the_digest(tmp_path: Path) -> None:
+    shutil.copytree(DEPLOY, tmp_path / "deploy", ignore=shutil.ignore_patterns(".env", "__pycache__"))
+    deploy = tmp_path / "deploy"
+    first, second = f"{IMAGE}@sha256:{'a' * 64}", f"{IMAGE}@sha256:{'b' * 64}"
+
+    done = _run_images_tool("--deploy-dir", str(deploy), "pin", first)
+    assert done.returncode == 0, done.stderr
+    assert _run_images_tool("--deploy-dir", str(deploy), "check").returncode == 0
+    for path in ("kuberay/raycluster.yaml", "kuberay/rayjob.yaml", "prefect.yaml"):
+        text = (deploy / path).read_text()
+        assert first in text and DIGEST_PLACEHOLDER not in text, path
+        # Text replacement: comments and layout stay as they were.
+        assert len(text.splitlines()) == len((DEPLOY / path).read_text().splitlines())
+    # A new push replaces the older digest of the same name:tag.
+    assert _run_images_tool("--deploy-dir", str(deploy), "pin", second).returncode == 0
+    assert first not in (deploy / "prefect.yaml").read_text()
+    assert second in (deploy / "kuberay/rayjob.yaml").read_text()
+
+    for wrong in (f"{IMAGE_REPO}:9.9.9@sha256:{'c' * 64}", f"{IMAGE}@sha256:short", IMAGE):
+        failed = _run_images_tool("--deploy-dir", str(deploy), "pin", wrong)
+        assert failed.returncode == 2, wrong
+        (line,) = failed.stderr.strip().splitlines()  # one line naming the problem and the fix
+        assert line.startswith("error: ") and ":" in line[7:], line
+
+
+def test_images_tool_flags_unpinned_references(tmp_path: Path) -> None:
+    digest = "0" * 64
+    (tmp_path / "kuberay").mkdir()
+    (tmp_path / "kuberay" / "a.yaml").write_text(
+        "kind: X\nspec:\n  containers:\n"
+        "    - image: busybox:latest\n"  # a tag only
+        f"    - image: busybox@sha256:{digest}\n"  # a digest without the tag to read
+        f"    - image: busybox:1.36@sha256:{digest}\n"  # pinned
+        "---\nkind: Y\nimage: redis:7\n"  # in a second document
+    )
+    (tmp_path / "docker-compose.yaml").write_text(
+        "services:\n"
+        "  a: {image: 'postgres:16'}\n"
+        "  b: {image: '${B_IMAGE:-postgres:16}'}\n"  # a fallback is not a pin
+        "  c: {image: '${C_IMAGE:?set C_IMAGE to postgres:16@sha256:<digest>}'}\n"
+        "  d: {image: x, build: {context: ., args: {BASE_IMAGE: 'python:3.11'}}}\n"
+    )
+    (tmp_path / "Dockerfile").write_text(
+        "# syntax=docker/dockerfile:1.7\nARG BASE_IMAGE=python:3.11-slim\nARG OTHER\n"
+        "FROM ${BASE_IMAGE} AS base\nFROM base\nFROM ${OTHER}\n"
+        f"FROM debian:12@sha256:{digest}\n"
+    )
+    problems = _images_tool().check(tmp_path)[1]
+    flagged = "\n".join(problems)
+    for expected in (
+        "busybox:latest",
+        f"busybox@sha256:{digest}",
+        "redis:7",
+        "services.a.image = postgres:16",
+        "services.b.image",
+        "services.d.image = x",
+        "services.d.build.args.BASE_IMAGE",
+        "# syntax=",
+        "ARG BASE_IMAGE",
+        "--build-arg OTHER=",
+    ):
+        assert expected in flagged, f"{expected!r} not flagged in:\n{flagged}"
+    assert "services.c.image" not in flagged and "busybox:1.36" not in flagged and "debian:12" not in flagged
+    assert len(problems) == 10, flagged
+    done = _run_images_tool("--deploy-dir", str(tmp_path), "check")
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 10
+
+
+# ------------------------------------------------------------------------------------ containers
+def _prefect_flow_pod() -> dict[str, Any]:
+    return _render(_deployments()["weekly-k8s-gpu"]["work_pool"]["job_variables"])["spec"]["template"]
+
+
+def _pod_templates() -> dict[str, dict[str, Any]]:
+    """Every pod template of the Kubernetes manifests, by where it is."""
+    pods = {}
+    for where, spec in _cluster_specs().items():
+        pods[f"{where}:head"] = spec["headGroupSpec"]["template"]
+        for group in spec["workerGroupSpecs"]:
+            pods[f"{where}:{group['groupName']}"] = group["template"]
+    pods[f"{_rel(RAYJOB)}:submitter"] = _kuberay(RAYJOB)["spec"]["submitterPodTemplate"]
+    pods[f"{_rel(K8S_TEMPLATE)}:flow-run"] = _prefect_flow_pod()
+    return pods
+
+
+def _container_problems(container: dict[str, Any], pod: dict[str, Any]) -> list[str]:
+    sc = container.get("securityContext") or {}
+    problems = []
+    if sc.get("runAsNonRoot") is not True:
+        problems.append("runAsNonRoot: true")
+    if sc.get("allowPrivilegeEscalation") is not False:
+        problems.append("allowPrivilegeEscalation: false")
+    if sc.get("capabilities", {}).get("drop") != ["ALL"] or sc.get("capabilities", {}).get("add"):
+        problems.append("capabilities: {drop: [ALL]} and nothing added")
+    if sc.get("seccompProfile", {}).get("type") != "RuntimeDefault":
+        problems.append("seccompProfile: {type: RuntimeDefault}")
+    if sc.get("privileged"):
+        problems.append("no privileged")
+    if sc.get("readOnlyRootFilesystem") is not True:
+        problems.append("readOnlyRootFilesystem: true")
+    # A read-only root needs writable scratch where Ray, torch and Prefect write.
+    scratch = {v["name"] for v in pod.get("volumes", []) if "emptyDir" in v}
+    mounts = {m["mountPath"]: m["name"] for m in container.get("volumeMounts", [])}
+    for path in ("/tmp", IMAGE_HOME):
+        if mounts.get(path) not in scratch:
+            problems.append(f"an emptyDir mounted at {path}")
+    return problems
+
+
+def test_every_container_is_restricted() -> None:
+    assert "--create-home" in DOCKERFILE.read_text() and IMAGE_HOME == "/home/vaeaug"
+    bad = {}
+    for where, template in _pod_templates().items():
+        pod = template["spec"]
+        assert pod.get("securityContext", {}).get("runAsNonRoot") is True, f"{where}: pod runAsNonRoot"
+        assert pod["securityContext"].get("seccompProfile", {}).get("type") == "RuntimeDefault", where
+        assert not any(pod.get(k) for k in ("hostNetwork", "hostPID", "hostIPC")), where
+        assert not any("hostPath" in v for v in pod.get("volumes", [])), f"{where}: no hostPath volumes"
+        for container in pod["containers"] + pod.get("initContainers", []):
+            if problems := _container_problems(container, pod):
+                bad[f"{where}/{container['name']}"] = problems
+    assert not bad, f"containers must set: {bad}"
+    assert len(_pod_templates()) == 6
+
+
+def test_autoscaler_sidecar_is_restricted() -> None:
+    # KubeRay adds the autoscaler container to the head pod; its securityContext comes from here.
+    options = _kuberay(RAYCLUSTER)["spec"]["autoscalerOptions"]
+    head = _cluster_specs()[_rel(RAYCLUSTER)]["headGroupSpec"]["template"]
+    sidecar = {"name": "autoscaler", **{k: options[k] for k in ("securityContext", "volumeMounts")}}
+    assert _container_problems(sidecar, head["spec"]) == []
+
+
+def test_pods_that_never_call_the_kubernetes_api_get_no_token() -> None:
+    for where, template in _pod_templates().items():
+        if not where.endswith(":head"):  # the head runs the autoscaler, which scales through the API
+            assert template["spec"].get("automountServiceAccountToken") is False, where
+
+
+# ------------------------------------------------------------------------------------ Ray token auth
+def _ray_containers() -> dict[str, dict[str, Any]]:
+    pods = {k: v for k, v in _pod_templates().items() if not k.endswith(":flow-run")}
+    return {f"{where}/{c['name']}": c for where, pod in pods.items() for c in pod["spec"]["containers"]}
+
+
+@pytest.mark.parametrize("path", [RAYCLUSTER, RAYJOB], ids=_rel)
+def test_ray_token_auth_is_on(path: Path) -> None:
+    spec = _kuberay(path)["spec"]
+    cluster = spec.get("rayClusterSpec", spec)
+    assert cluster["authOptions"] == {"mode": "token", "secretName": RAY_AUTH_SECRET}
+    major, minor = map(int, cluster["rayVersion"].split(".")[:2])
+    assert (major, minor) >= (2, 52), "Ray token authentication needs Ray >= 2.52"
+    assert cluster["headGroupSpec"]["serviceType"] == "ClusterIP", "the head stays inside the cluster"
+
+
+def test_every_ray_container_gets_the_token_from_the_secret() -> None:
+    for where, container in _ray_containers().items():
+        env = {e["name"]: e for e in container.get("env", [])}
+        assert env.get("RAY_AUTH_MODE", {}).get("value") == "token", f"{where}: RAY_AUTH_MODE=token"
+        token = env.get("RAY_AUTH_TOKEN", {})
+        assert "value" not in token, f"{where}: the token must not be written in the manifest"
+        ref = token.get("valueFrom", {}).get("secretKeyRef")
+        assert ref == {"name": RAY_AUTH_SECRET, "key": "auth_token"}, (
+            f"{where}: RAY_AUTH_TOKEN from the Secret"
+        )
+    assert len(_ray_containers()) == 5
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _http_status(url: str, token: str | None = None) -> int | None:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=3) as resp:
+            return resp.status
+    except urllib.error.HTTPError as err:
+        return err.code
+    except OSError:
+        return None
+
+
+def _manifest_env(container: dict[str, Any], secrets: dict[str, str]) -> dict[str, str]:
+    """A container's env as the kubelet would set it, with `secrets` as the Secret's values."""
+    env = {}
+    for item in container.get("env", []):
+        ref = item.get("valueFrom", {}).get("secretKeyRef")
+        env[item["name"]] = secrets[f"{ref['name']}/{ref['key']}"] if ref else item["value"]
+    return env
+
+
+@pytest.mark.slow
+def test_the_manifest_auth_env_locks_a_real_ray_head() -> None:
+    # `ray start --head` of the locked Ray with exactly the env the head container gets: the jobs
+    # API refuses requests without the token, and the health endpoints that KubeRay's probes and
+    # the compose healthcheck call stay open.
+    token = uuid.uuid4().hex
+    head = _ray_containers()[f"{_rel(RAYCLUSTER)}:head/ray-head"]
+    temp = Path(tempfile.mkdtemp(prefix="vr", dir="/tmp"))  # short: Ray's socket paths live under it
+    env = {**os.environ, "HOME": str(temp), **_manifest_env(head, {f"{RAY_AUTH_SECRET}/auth_token": token})}
+    env.pop("RAY_ADDRESS", None)
+    flags = ["port", "dashboard-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port"]
+    flags += ["metrics-export-port", "node-manager-port", "object-manager-port", "runtime-env-agent-port"]
+    ports = {flag: _free_port() for flag in [*flags, "ray-client-server-port"]}
+    command = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--num-cpus=0"]
+    command += ["--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1", f"--temp-dir={temp}/ray"]
+    command += [f"--{flag}={port}" for flag, port in ports.items()]
+    log = (temp / "ray.log").open("w")
+    ray = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{ports['dashboard-port']}"
+    try:
+        deadline = time.monotonic() + 120
+        while _http_status(f"{base}/api/gcs_healthz") != 200:
+            assert ray.poll() is None, (temp / "ray.log").read_text()[-2000:]
+            assert time.monotonic() < deadline, "the Ray head did not come up in 120 s"
+            time.sleep(0.5)
+        assert _http_status(f"{base}/api/jobs/") == 401, "the jobs API must refuse requests without a token"
+        assert _http_status(f"{base}/api/jobs/", uuid.uuid4().hex) == 403, "and with a wrong one"
+        assert _http_status(f"{base}/api/jobs/", token) == 200
+        compose_check = " ".join(_services()["ray-head"]["healthcheck"]["test"])
+        (path,) = re.findall(r"localhost:8265(/\S+)", compose_check)
+        assert _http_status(f"{base}{path}") == 200, "the compose healthcheck needs no token"
+    finally:
+        ray.terminate()  # `ray start --block` stops the node's processes on SIGTERM
+        try:
+            ray.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            pass
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(ray.pid, signal.SIGKILL)  # whatever is left of the group this test started
+        log.close()
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------ NetworkPolicies
+def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """Kubernetes label-selector semantics (matchLabels and matchExpressions; {} selects all)."""
+    if any(labels.get(k) != v for k, v in (selector.get("matchLabels") or {}).items()):
+        return False
+    for expr in selector.get("matchExpressions") or []:
+        key, op, values = expr["key"], expr["operator"], expr.get("values", [])
+        if (
+            (op == "In" and labels.get(key) not in values)
+            or (op == "NotIn" and labels.get(key) in values)
+            or (op == "Exists" and key not in labels)
+            or (op == "DoesNotExist" and key in labels)
+        ):
+            return False
+    return True
+
+
+def _ray_pod_labels(template: dict[str, Any], node_type: str, group: str) -> dict[str, str]:
+    """The labels KubeRay gives a Ray pod: its defaults, the template's, then the fixed ones."""
+    labels = {"app.kubernetes.io/name": "kuberay", "app.kubernetes.io/created-by": "kuberay-operator"}
+    labels |= {"ray.io/is-ray-node": "yes", "ray.io/identifier": f"x-{node_type}"}
+    labels |= template["metadata"].get("labels", {})
+    return labels | {"ray.io/node-type": node_type, "ray.io/group": group, "ray.io/cluster": "x-generated"}
+
+
+def _admitted_ports(
+    policies: list[dict[str, Any]], target: dict[str, str], source: dict[str, str], namespace: str = "vaeaug"
+) -> set[int | str]:
+    """Ports on which `source` (labels, in `namespace`) may reach `target` in namespace vaeaug; '*': all."""
+    selecting = [p for p in policies if _selects(p["spec"]["podSelector"], target)]
+    if not any("Ingress" in p["spec"].get("policyTypes", ["Ingress"]) for p in selecting):
+        return {"*"}  # not isolated
+    ports: set[int | str] = set()
+    for policy in selecting:
+        for rule in policy["spec"].get("ingress", []):
+            peers = rule.get("from")
+            admitted = peers is None or any(
+                "ipBlock" in peer  # counted as admitting anyone: the policies must not use one
+                or (
+                    _selects(peer.get("namespaceSelector", {}), {"kubernetes.io/metadata.name": namespace})
+                    if "namespaceSelector" in peer
+                    else namespace == "vaeaug"
+                )
+                and _selects(peer.get("podSelector", {}), source)
+                for peer in peers
+            )
+            if admitted:
+                ports |= {p["port"] for p in rule.get("ports", [])} or {"*"}
+    return ports
+
+
+def _policies(path: Path) -> list[dict[str, Any]]:
+    docs = [d for d in _docs(path) if d["kind"] == "NetworkPolicy"]
+    assert all(d["apiVersion"] == "networking.k8s.io/v1" for d in docs)
+    return docs
+
+
+def _cluster_pods(path: Path) -> tuple[dict[str, str], dict[str, str]]:
+    spec = _cluster_specs()[_rel(path)]
+    head = _ray_pod_labels(spec["headGroupSpec"]["template"], "head", "headgroup")
+    (group,) = spec["workerGroupSpecs"]
+    return head, _ray_pod_labels(group["template"], "worker", group["groupName"])
+
+
+@pytest.mark.parametrize("path", [RAYCLUSTER, RAYJOB], ids=_rel)
+def test_network_policies_isolate_the_cluster(path: Path) -> None:
+    policies = _policies(path)
+    head, worker = _cluster_pods(path)
+    assert any(_selects(p["spec"]["podSelector"], head) for p in policies), "a NetworkPolicy selects the head"
+    # The cluster's own pods reach each other on every port (GCS, raylets, object transfer, NCCL).
+    for source in (head, worker):
+        assert _admitted_ports(policies, head, source) == {"*"}
+        assert _admitted_ports(policies, worker, source) == {"*"}
+    # Everyone else: nothing, also a pod that copies the cluster's labels from another namespace.
+    stranger = {"app": "anything"}
+    for target in (head, worker):
+        assert _admitted_ports(policies, target, stranger) == set()
+        assert _admitted_ports(policies, target, worker, namespace="elsewhere") == set()
+    # No rule is opened to addresses or to any pod at all.
+    for policy in policies:
+        for rule in policy["spec"]["ingress"]:
+            assert rule.get("from"), f"{policy['metadata']['name']}: every rule names its peers"
+            assert not any("ipBlock" in peer or peer == {} for peer in rule["from"])
+    # The two manifests' clusters do not reach each other.
+    other = RAYJOB if path == RAYCLUSTER else RAYCLUSTER
+    assert _admitted_ports(policies, head, _cluster_pods(other)[1]) == set()
+
+
+def test_prefect_pods_reach_only_the_raycluster_head_ports() -> None:
+    policies = _policies(RAYCLUSTER)
+    head, worker = _cluster_pods(RAYCLUSTER)
+    flow_run = _prefect_flow_pod()["metadata"]["labels"] | {"prefect.io/flow-run-id": "x", "job-name": "x"}
+    prefect_worker = {"app.kubernetes.io/name": "prefect-worker", "app.kubernetes.io/component": "worker"}
+    for source in (flow_run, prefect_worker):
+        assert _admitted_ports(policies, head, source) == RAY_PORTS
+        assert _admitted_ports(policies, worker, source) == set()
+    head_ports = {
+        p["containerPort"]
+        for p in _containers(_cluster_specs()[_rel(RAYCLUSTER)]["headGroupSpec"]["template"])[0]["ports"]
+    }
+    assert RAY_PORTS <= head_ports
+
+
+def test_rayjob_submitter_and_operator_reach_only_the_jobs_api() -> None:
+    policies = _policies(RAYJOB)
+    head, worker = _cluster_pods(RAYJOB)
+    submitter = _kuberay(RAYJOB)["spec"]["submitterPodTemplate"]["metadata"]["labels"]
+    submitter = submitter | {"batch.kubernetes.io/job-name": "vaeaug-mnist", "job-name": "vaeaug-mnist"}
+    operator = {
+        "app.kubernetes.io/name": "kuberay-operator",
+        "app.kubernetes.io/instance": "kuberay-operator",
+    }
+    assert _admitted_ports(policies, head, submitter) == {8265}
+    assert _admitted_ports(policies, head, operator, namespace="kuberay-system") == {8265}
+    assert _admitted_ports(policies, head, operator) == set(), "only the operator's namespace"
+    for source in (submitter, operator):
+        assert _admitted_ports(policies, worker, source, namespace="kuberay-system") == set()
+    flow_run = _prefect_flow_pod()["metadata"]["labels"]
+    assert _admitted_ports(policies, head, flow_run) == set(), "Prefect does not use the job's cluster"
+
+
+# ------------------------------------------------------------------------------------ compose secrets
+def test_compose_secrets_have_no_default() -> None:
+    text = COMPOSE.read_text().replace("$$", "")  # `$${VAR}` is the container's variable, not compose's
+    seen = set()
+    for match in SUBSTITUTION.finditer(text):
+        name = match.group("name")
+        if COMPOSE_SECRET.search(name):
+            seen.add(name)
+            required = REQUIRED_VARIABLE.fullmatch(match.group(0))
+            assert required, f"{match.group(0)}: a secret needs ${{{name}:?message}}, never a default"
+            assert "deploy/.env" in required.group("message"), "the message says where to set it"
+    assert seen >= {
+        "POSTGRES_USER",
+        "POSTGRES_PASSWORD",
+        "MINIO_ROOT_USER",
+        "MINIO_ROOT_PASSWORD",
+        "RAY_AUTH_TOKEN",
+        "PREFECT_API_AUTH_STRING",
+    }, seen
+
+
+def test_env_example_holds_no_values_for_secrets_or_images() -> None:
+    for key, value in _env_example().items():
+        if COMPOSE_SECRET.search(key) or key.endswith("_IMAGE"):
+            assert value == "", f".env.example: {key} must be empty (compose then refuses to start)"
+
+
+def test_compose_published_ports_bind_localhost() -> None:
+    published = [(n, str(p)) for n, svc in _services().items() for p in svc.get("ports", [])]
+    assert published, "the stack publishes its UIs"
+    for name, port in published:
+        assert port.startswith("127.0.0.1:"), f"{name}: publish {port} on 127.0.0.1 only"
+
+
+def test_compose_ray_and_prefect_authenticate() -> None:
+    services = _services()
+    for name in ("prefect-worker", "ray-head", "ray-worker", "ray-worker-gpu"):
+        env = _environment(services[name])
+        assert env["RAY_AUTH_MODE"] == "token", name
+        assert REQUIRED_VARIABLE.match(env["RAY_AUTH_TOKEN"]).group("name") == "RAY_AUTH_TOKEN"
+        client = REQUIRED_VARIABLE.match(env["PREFECT_API_AUTH_STRING"])
+        assert client and client.group("name") == "PREFECT_API_AUTH_STRING", name
+        assert services[name].get("cap_drop") == ["ALL"], name
+        assert "no-new-privileges:true" in services[name].get("security_opt", []), name
+    server = _environment(services["prefect-server"])["PREFECT_SERVER_API_AUTH_STRING"]
+    assert REQUIRED_VARIABLE.match(server).group("name") == "PREFECT_API_AUTH_STRING", "one secret, both ends"
