@@ -94,13 +94,21 @@ _AWS_ENV = (
 
 @pytest.fixture(scope="session")
 def ray_session(s3_env_for_ray) -> Iterator[None]:
-    """One new local Ray for the session (4 logical CPUs, no dashboard), never an outside cluster."""
+    """One new local Ray for the session (4 logical CPUs, no dashboard), never an outside cluster,
+    listening on 127.0.0.1 only like the one `vaeaug` starts."""
     import ray
 
+    from pipelines.raycluster import loopback_only
+
     if not ray.is_initialized():
-        ray.init(
-            address="local", num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False
-        )
+        with loopback_only():
+            ray.init(
+                address="local",
+                num_cpus=4,
+                include_dashboard=False,
+                log_to_driver=False,
+                configure_logging=False,
+            )
     yield
     ray.shutdown()
 
