@@ -78,6 +78,7 @@ class Console:
 
     def line(self, text: str = "") -> None:
         """Print `text` (each of its lines prefixed by the elapsed time; blank lines stay blank)."""
+        text = _redact(text)  # mirrors store lines (Prefect's API): URLs never keep user:password
         stamp = f"[{self.elapsed():6.1f}s] "
         with self._lock:
             self._clear_status()
@@ -104,10 +105,10 @@ class Console:
                 self._mirrors.remove(sink)
 
     def plain(self, text: str = "") -> None:
-        """Print `text` as is (the final summary, snippets meant to be copied)."""
+        """Print `text` as is (the final summary, snippets meant to be copied), URL user-info aside."""
         with self._lock:
             self._clear_status()
-            print(text, file=self.stream, flush=True)
+            print(_redact(text), file=self.stream, flush=True)
             self._draw_status()
 
     @contextmanager
@@ -182,6 +183,13 @@ class Console:
 
         self._ticker = threading.Thread(target=tick, name="vaeaug-console", daemon=True)
         self._ticker.start()
+
+
+def _redact(text: str) -> str:
+    """`pipelines.secrets.redact_text`, imported on first use (this module stays stdlib-only)."""
+    from pipelines.secrets import redact_text
+
+    return redact_text(text)
 
 
 #: The process's console.

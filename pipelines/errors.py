@@ -6,11 +6,21 @@ Every message names the problem and the fix, e.g.
 
 from __future__ import annotations
 
+from pipelines.secrets import redact_text
 from vae.config import ConfigError
 
 
 class PipelineError(Exception):
-    """Base class of errors caused by user input or environment, not by a bug."""
+    """Base class of errors caused by user input or environment, not by a bug.
+
+    The message loses the user:password of any URL in it: it is printed, logged and stored (Prefect
+    keeps a failed run's error), and many name a path the user gave (`data.path`, `generate.output`).
+    """
+
+    def __init__(self, *args: object) -> None:
+        if args and isinstance(args[0], str):
+            args = (redact_text(args[0]), *args[1:])
+        super().__init__(*args)
 
 
 class DataError(PipelineError):

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipelines.console import console, quiet_prefect_console
 from pipelines.errors import PipelineError
+from pipelines.secrets import refuse_secret_parameters
 
 if TYPE_CHECKING:
     from pipelines.config import PipelineConfig
@@ -61,11 +62,14 @@ def run_pipeline(config_path: str | None, overrides: list[str]) -> dict[str, Any
 
     Prefect's temporary server starts first, in a thread (it needs nothing from the job, and its
     database start-up is the longest wait); the checks, then Ray, run here meanwhile. A failed check
-    ends the command at once (the server process is stopped at exit).
+    ends the command at once (the server process is stopped at exit). Overrides holding credentials
+    are refused before anything starts: they become flow parameters, which Prefect stores (the YAML
+    file may hold them: only its path is a parameter).
 
     Raises:
         ConfigError, PipelineError: a problem with the job (found before any work where possible).
     """
+    refuse_secret_parameters(overrides=overrides, where="overrides")
     errors: list[BaseException] = []
     prefect = threading.Thread(target=_start_prefect, args=(errors,), name="prefect-start", daemon=True)
     with console.stage("start-up", "checks, then Ray; Prefect's server meanwhile"):

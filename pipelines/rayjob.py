@@ -1,8 +1,10 @@
 """Running a stage as a Ray Job on a remote cluster (KubeRay), and following it to the end.
 
 The merged config travels in the job's `working_dir`; the cluster's image must have vaeaug installed
-(deploy/Dockerfile). Credentials are not sent: the cluster gets them from its own environment
-(Kubernetes Secrets), so secret-looking storage options are dropped from the shipped config.
+(deploy/Dockerfile). Credentials are never sent: the working directory is uploaded to the cluster's
+storage and kept there, so a config holding any (secret storage options, a URL with user:password)
+is refused, and the cluster gets its credentials from its own environment (Kubernetes Secrets,
+AWS_PROFILE, GOOGLE_APPLICATION_CREDENTIALS) or credential files.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import yaml
 from pipelines.config import PipelineConfig
 from pipelines.errors import PipelineError
 from pipelines.raycluster import check_reachable
+from pipelines.secrets import find_secrets, redact_url
 
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 AGENT_WAIT_S = 120.0  # a head that just started may take a while before its job agent accepts jobs
@@ -38,11 +41,21 @@ def _dashboard_address(cfg: PipelineConfig) -> str:
 
 
 def _job_config(cfg: PipelineConfig) -> dict:
-    shipped = cfg.to_dict(redact=True)
-    for section in ("data", "generate"):
-        opts = shipped[section]["storage_options"]
-        shipped[section]["storage_options"] = {k: v for k, v in opts.items() if v != "<redacted>"}
+    """The config shipped in the job's working directory (a file the cluster keeps).
+
+    Raises:
+        PipelineError: the config holds credentials (named by key, never by value).
+    """
+    shipped = cfg.to_dict()
     shipped["ray"] = {**shipped["ray"], "submit_job": False, "address": None}  # the job's RAY_ADDRESS
+    found = find_secrets(shipped)
+    if found:
+        raise PipelineError(
+            f"ray.submit_job=true ships the config to the cluster as a file, and {', '.join(found)} "
+            "hold(s) credentials: give the cluster its credentials by environment (AWS_ACCESS_KEY_ID/"
+            "AWS_SECRET_ACCESS_KEY from a Kubernetes Secret, AWS_PROFILE, GOOGLE_APPLICATION_CREDENTIALS) "
+            "or a credential file (e.g. storage_options.profile), and remove them from the config"
+        )
     return shipped
 
 
@@ -80,15 +93,17 @@ def run_as_ray_job(
         The job's submission id.
 
     Raises:
-        PipelineError: the job server is unreachable, or the job failed, was stopped or timed out.
+        PipelineError: the config holds credentials, the job server is unreachable, or the job
+            failed, was stopped or timed out.
     """
     from ray.job_submission import JobSubmissionClient
 
+    shipped = _job_config(cfg)  # first: credentials in the config are refused before any contact
     address = _dashboard_address(cfg)
     check_reachable(address)
     client = JobSubmissionClient(address)
     with tempfile.TemporaryDirectory(prefix="vaeaug-job-") as workdir:
-        Path(workdir, "config.yaml").write_text(yaml.safe_dump(_job_config(cfg), sort_keys=False))
+        Path(workdir, "config.yaml").write_text(yaml.safe_dump(shipped, sort_keys=False))
         job_id = _submit(
             client,
             entrypoint=f"vaeaug {command} --config config.yaml",
@@ -96,7 +111,7 @@ def run_as_ray_job(
             submission_id=f"vaeaug-{command}-{uuid.uuid4().hex[:8]}",
             metadata={"vaeaug_command": command},
         )
-    echo(f"submitted Ray job {job_id} to {address}")
+    echo(f"submitted Ray job {job_id} to {redact_url(address)}")
     shown = 0
     started = time.monotonic()
     while True:
@@ -115,6 +130,6 @@ def run_as_ray_job(
         last = next((ln for ln in reversed(logs.splitlines()) if ln.strip()), "(no output)")
         raise PipelineError(
             f"Ray job {job_id} {status.lower()}: {last.strip()[:300]} "
-            f"(full log: ray job logs {job_id} --address {address})"
+            f"(full log: ray job logs {job_id} --address {redact_url(address)})"
         )
     return job_id

@@ -8,6 +8,7 @@ from typing import Any
 
 from pipelines.config import load_config
 from pipelines.errors import PipelineError
+from pipelines.secrets import refuse_secret_parameters
 
 
 def deployment_parameters(config_path: str | None, overrides: list[str]) -> dict[str, Any]:
@@ -19,7 +20,12 @@ def deployment_parameters(config_path: str | None, overrides: list[str]) -> dict
 
     Returns:
         The `augmentation_flow` parameters.
+
+    Raises:
+        ConfigError: a bad config, or overrides holding credentials (Prefect stores a deployment's
+            parameters and shows them in its UI; a YAML file may hold them: only its path is stored).
     """
+    refuse_secret_parameters(overrides=overrides, where="deployment parameters (overrides)")
     load_config(config_path, overrides)  # raises ConfigError on a bad config
     return {
         "config_path": str(Path(config_path).resolve()) if config_path else None,

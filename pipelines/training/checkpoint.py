@@ -5,9 +5,12 @@ A checkpoint is a local directory (Ray Train uploads it to `storage_path`):
     config.json, model.safetensors, environment.json   the model, in `vae.io`'s self-describing format
     optimizer.pt      the optimizer's state dict (torch.save; loaded with weights_only=True)
     rng.pt            torch CPU/CUDA, numpy and Python RNG states of the saving rank (weights_only too)
-    state.json        epoch, metrics history up to that epoch, and the pipeline config
+    state.json        epoch, metrics history up to that epoch, and the pipeline config (redacted)
 
-Nothing in it needs unpickling of arbitrary objects: tensors and plain containers only.
+Nothing in it needs unpickling of arbitrary objects: tensors and plain containers only. Nothing in it
+holds credentials either: checkpoints are uploaded to `train.storage_path`, often a shared bucket,
+so the config is stored through `pipelines.secrets.redact_config`; resuming reads the weights, the
+optimizer and RNG states and the history, never the stored config.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipelines.secrets import redact_config
 from vae.io import load_model, save_model
 from vae.model import VAE
 from vae.training import unwrap
@@ -39,7 +43,8 @@ class TrainState:
         model: the VAE with the checkpointed weights (on CPU).
         epoch: the last completed epoch (1-based).
         history: one metrics row per completed epoch (epochs 1..`epoch`).
-        config: the pipeline config (`PipelineConfig.to_dict()`) of the run that wrote it.
+        config: the pipeline config (`PipelineConfig.to_dict()`) of the run that wrote it, with
+            secrets redacted (a record of the run, not a config to run from).
         optimizer: the optimizer's state dict.
         rng: the RNG states (see `capture_rng`), or None.
     """
@@ -107,7 +112,7 @@ def save_checkpoint(
         optimizer: its optimizer.
         epoch: the last completed epoch (1-based).
         history: metrics rows of epochs 1..`epoch`.
-        config: `PipelineConfig.to_dict()` of the run.
+        config: `PipelineConfig.to_dict()` of the run (stored redacted, whatever the caller passes).
 
     Returns:
         The directory as a `Path`.
@@ -117,7 +122,12 @@ def save_checkpoint(
     save_model(unwrap(model), str(root), extra={"checkpoint_epoch": epoch})
     torch.save(optimizer.state_dict(), root / OPTIMIZER_FILE)
     torch.save(capture_rng(), root / RNG_FILE)
-    state = {"version": CHECKPOINT_VERSION, "epoch": epoch, "history": history, "config": config}
+    state = {
+        "version": CHECKPOINT_VERSION,
+        "epoch": epoch,
+        "history": history,
+        "config": redact_config(config),
+    }
     (root / STATE_FILE).write_text(json.dumps(state, indent=1))  # last: a complete checkpoint has it
     return root
 

@@ -5,7 +5,7 @@ Layout (local path or fsspec URL):
     model/metrics.json     per-epoch history (train/held-out loss, recon, KL, samples/s)
     model/loss_curve.png   the history as a plot
     model/samples.png      prior samples per class + real images and their reconstructions
-    model/pipeline.yaml    the merged pipeline config that produced the model
+    model/pipeline.yaml    the merged pipeline config that produced the model (secrets redacted)
 """
 
 from __future__ import annotations
@@ -75,11 +75,12 @@ def export_trained_model(
         if train is None:
             raise ValueError("a model with latent_prior='fitted' needs its training images to export")
         model.fit_latent_prior(train.images, train.labels)
+    stored = cfg.to_dict(redact=True)  # the model travels (shared, published): never its credentials
     extra = {
         "class_names": list(class_names),
         "data_fingerprint": data_fingerprint,
-        "data": cfg.to_dict(redact=True)["data"],
-        "train": cfg.to_dict(redact=True)["train"],
+        "data": stored["data"],
+        "train": stored["train"],
         "epochs_trained": int(history[-1]["epoch"]) if history else 0,
     }
     saved: SavedModel = save_model(model, cfg.model_dir, extra=extra)

@@ -113,3 +113,24 @@ def test_job_mode_needs_the_job_server_address():
     cfg = load_config(None, ["ray.submit_job=true", f"ray.address=http://127.0.0.1:{_free_port()}"])
     with pytest.raises(PipelineError, match="cannot reach"):
         run_as_ray_job(cfg, "train")
+
+
+def test_job_mode_refuses_credentials_in_the_shipped_config():
+    """The config travels to the cluster as a file: credentials in it are refused before any contact
+    with the job server (an unreachable address would otherwise be the error)."""
+    key, secret = "AKIARAYJOBPLANTED", "rayjob/planted+secret"
+    for overrides in (
+        [f"data.storage_options={{key: {key}, secret: {secret}}}"],
+        ["data.source=folder", f"data.path=ftp://reader:{secret}@host/imgs"],
+    ):
+        cfg = load_config(
+            None, ["ray.submit_job=true", f"ray.address=http://127.0.0.1:{_free_port()}", *overrides]
+        )
+        with pytest.raises(PipelineError) as err:
+            run_as_ray_job(cfg, "train")
+        message = str(err.value)
+        assert "hold(s) credentials" in message and "AWS_PROFILE" in message and "\n" not in message
+        assert key not in message and secret not in message
+    cfg = load_config(None, ["ray.submit_job=true", "data.storage_options={profile: research, anon: false}"])
+    with pytest.raises(PipelineError, match="http://"):  # non-secret options pass on to the address check
+        run_as_ray_job(cfg, "train")
