@@ -1,33 +1,33 @@
 """The augmentation pipeline as a Prefect flow: data -> train -> evaluate -> generate -> validate.
 
 The flow only orchestrates: each stage is a small task that calls a plain function of
-`pipelines.stages`. Training is cached across runs on (data fingerprint, training config), so a
-re-run with the same data and training settings reuses the model and only re-samples.
+`pipelines.stages`. Training is cached across runs on (data fingerprint, training config, training
+code), so a re-run with the same data and training settings reuses the model and only re-samples.
+The cache is our own validated JSON record (`pipelines.training_cache`): Prefect persists no result
+of this flow (`persist_result=False` everywhere), because a stored Prefect result names its own
+serializer and a planted one can ask for pickle.
 """
 
 from __future__ import annotations
 
 import base64
-from pathlib import Path
 from typing import Any
 
 import fsspec
-from prefect import flow, get_run_logger, task
+from prefect import Flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
+from prefect.cache_policies import NO_CACHE
 
 from pipelines import stages
 from pipelines.checks import check_job
-from pipelines.config import PipelineConfig, config_from_dict, load_config
+from pipelines.config import PipelineConfig, load_config
 from pipelines.console import console
 from pipelines.data.imageset import ImageSet
 from pipelines.errors import USER_ERRORS
+from pipelines.secrets import redact_config, redact_overrides, secret_parameters_error
+from pipelines.training_cache import TrainingRecord, load_record, record_path, save_record, training_key
 
 FLOW_NAME = "vae-augmentation"
-
-# Training's cache key: its own source and inputs, except the in-memory data (identified by its
-# fingerprint instead) and how Ray is reached (it does not change the model).
-TRAIN_CACHE_POLICY = (INPUTS - "data" - "ray_settings") + TASK_SOURCE
 
 
 def _backoff(first: float, retries: int) -> list[float]:
@@ -56,23 +56,31 @@ def load_data_task(cfg: PipelineConfig) -> ImageSet:
     return data
 
 
-@task(name="train", cache_policy=TRAIN_CACHE_POLICY, cache_result_in_memory=False)
-def train_task(
-    train_settings: dict[str, Any], data_fingerprint: str, data: ImageSet, ray_settings: dict[str, Any]
-) -> dict[str, Any]:
-    """Train on Ray (or locally) and export; the small summary returned is what the cache stores."""
-    cfg = config_from_dict({**train_settings, "ray": ray_settings})
+@task(name="train", persist_result=False, cache_policy=NO_CACHE)
+def train_task(cfg: PipelineConfig, data: ImageSet, data_fingerprint: str, key: str) -> TrainingRecord:
+    """Train on Ray (or locally) and export.
+
+    Args:
+        cfg: the pipeline config.
+        data: the loaded images.
+        data_fingerprint: `data.fingerprint()` (computed once by the caller).
+        key: the training cache key the record is stored under.
+
+    Returns:
+        The record the training cache stores.
+    """
     result = stages.train_stage(cfg, data)
-    return {
-        "model_dir": result.model_dir,
-        "sha256": result.sha256,
-        "history": result.history,
-        "grid_path": result.grid_path,
-        "data_fingerprint": data_fingerprint,
-        "worker_nodes": [w.get("node_id") for w in getattr(result, "workers", [])],
-        "run_name": getattr(result, "run_name", None),
-        "run_dir": getattr(result, "run_dir", None),
-    }
+    return TrainingRecord(
+        model_dir=result.model_dir,
+        sha256=result.sha256,
+        history=list(result.history),
+        grid_path=result.grid_path,
+        data_fingerprint=data_fingerprint,
+        key=key,
+        worker_nodes=[w.get("node_id") for w in getattr(result, "workers", [])],
+        run_name=getattr(result, "run_name", None) or None,
+        run_dir=getattr(result, "run_dir", None) or None,
+    )
 
 
 @task(name="evaluate", persist_result=False, cache_policy=NO_CACHE)
@@ -124,61 +132,91 @@ def _scheduled_time() -> Any:
 
 
 def _training_inputs(cfg: PipelineConfig) -> dict[str, Any]:
-    """The parts of the config that determine the trained model (the cache key's inputs)."""
-    full = cfg.to_dict()
+    """The parts of the config that determine the trained model (the cache key's inputs).
+
+    Redacted: the key is derived from them and secrets must not reach anything derived or stored.
+    """
+    full = cfg.to_dict(redact=True)
     return {k: full[k] for k in ("data", "model", "train", "conditional", "output_dir")}
 
 
-def _model_still_there(summary: dict[str, Any]) -> bool:
+def _model_still_there(record: TrainingRecord) -> bool:
     from vae.io import ModelFileError, model_checksum
 
     try:
-        return model_checksum(summary["model_dir"]) == summary["sha256"]
+        return model_checksum(record.model_dir) == record.sha256
     except (ModelFileError, OSError):
         return False
 
 
-def _result_storage(cfg: PipelineConfig) -> Any:
-    """A saved storage block for `flow.result_storage` (Prefect needs blocks persisted server-side)."""
-    if cfg.flow.result_storage is None:
-        return None
-    import hashlib
-
-    from prefect.filesystems import LocalFileSystem, RemoteFileSystem
-
-    url = cfg.flow.result_storage
-    if "://" in url and not url.startswith("file://"):
-        block: Any = RemoteFileSystem(basepath=url)
-    else:
-        url = str(Path(url.removeprefix("file://")).resolve())
-        block = LocalFileSystem(basepath=url)
-    block.save(f"vaeaug-results-{hashlib.sha256(url.encode()).hexdigest()[:12]}", overwrite=True)
-    return block
-
-
 def _train(cfg: PipelineConfig, data: ImageSet, retry: dict[str, Any]) -> tuple[dict[str, Any], bool]:
-    """The training task through its cache: (its summary, whether it came from the cache)."""
-    opts: dict[str, Any] = dict(retry)
-    storage = _result_storage(cfg)
-    if storage is not None:
-        opts["result_storage"] = storage
-    if not cfg.flow.cache_training:
-        opts["refresh_cache"] = True
-    args = (_training_inputs(cfg), data.fingerprint(), data, cfg.to_dict()["ray"])
+    """The training task through the training cache: (its summary, whether it came from the cache).
+
+    The record is read only when `flow.cache_training` is on, and written after every training (so
+    that `cache_training=false` refreshes it). Its model must still have the recorded checksum.
+    """
+    fingerprint = data.fingerprint()
+    key = training_key(_training_inputs(cfg), fingerprint)
+    assert cfg.output_dir is not None  # set by PipelineConfig.__post_init__
+    path = record_path(cfg.flow.result_storage, cfg.output_dir, key)
     with console.stage("train") as stage:
-        state = train_task.with_options(**opts)(*args, return_state=True)
-        trained = state.result()
-        cached = state.name == "Cached"
-        if cached and not _model_still_there(trained):
-            console.line(f"cached model at {trained['model_dir']} is gone or changed: retraining")
-            trained = train_task.with_options(**{**opts, "refresh_cache": True})(*args)
-            cached = False
+        record = load_record(path, key, fingerprint, cfg.model_dir) if cfg.flow.cache_training else None
+        if record is not None and not _model_still_there(record):
+            console.line(f"cached model at {record.model_dir} is gone or changed: retraining")
+            record = None
+        cached = record is not None
+        if record is None:
+            record = train_task.with_options(**retry)(cfg, data, fingerprint, key)
+            save_record(path, record)
         stage.note("reused the cached model: same data and training settings" if cached else "exported")
-    return trained, cached
+    return record.summary(), cached
 
 
-@flow(name=FLOW_NAME, log_prints=False)
-def augmentation_flow(
+def _refuse_secret_parameters(config: Any, config_path: str | None, overrides: list[str] | None) -> None:
+    """Refuse `config`/`overrides` values holding credentials (a `ConfigError`: never retried).
+
+    Prefect stored the parameters when it created this run, before this body runs: the stored copy
+    is replaced by a redacted one first, so that the refused credentials do not stay in its database.
+    """
+    refusal = secret_parameters_error(config, overrides)
+    if refusal is None:
+        return
+    from prefect.client.orchestration import get_client
+    from prefect.runtime import flow_run
+
+    safe = {
+        "config": redact_config(config),
+        "config_path": config_path,
+        "overrides": redact_overrides(overrides),
+    }
+    run_id = flow_run.id  # None when called as a plain function (`augmentation_flow.fn`): nothing stored
+    try:
+        if run_id is not None:
+            with get_client(sync_client=True) as client:
+                client.update_flow_run(run_id, parameters=safe)
+    except Exception as exc:  # the refusal itself matters more: say so and go on to it
+        console.line(
+            f"cannot redact the stored parameters of run {run_id} ({type(exc).__name__}): delete the run"
+        )
+    raise refusal
+
+
+class _ParameterCheckedFlow(Flow):
+    """A flow that refuses credentials among its parameters before Prefect stores them.
+
+    Prefect serializes the parameters to create the flow run (its database, API and UI keep them):
+    refusing here means a refused call leaves no run and no copy. Runs created another way (a
+    deployment's run started from the UI or API) are checked again at the start of the body.
+    """
+
+    def serialize_parameters(self, parameters: dict[str, Any]) -> dict[str, Any]:
+        refusal = secret_parameters_error(parameters.get("config"), parameters.get("overrides"))
+        if refusal is not None:
+            raise refusal
+        return super().serialize_parameters(parameters)
+
+
+def _augmentation_flow(
     config: dict[str, Any] | None = None,
     config_path: str | None = None,
     overrides: list[str] | None = None,
@@ -194,7 +232,13 @@ def augmentation_flow(
     Returns:
         Summary: model dir and checksum, whether training came from the cache, quality figures,
         the dataset location, rows and per-class counts, stage timings.
+
+    Raises:
+        ConfigError: a bad config, or `config`/`overrides` holding credentials (Prefect stores the
+            parameters: pass credentials by environment or credential files; a YAML file given as
+            `config_path` may hold them, only its path is a parameter).
     """
+    _refuse_secret_parameters(config, config_path, overrides)
     with console.mirrored(_api_log()):
         cfg = load_config(config_path, overrides, settings=config)  # strict: fails before any Ray work
         with console.stage("checks") as stage:  # before any work: user errors cost seconds
@@ -231,6 +275,11 @@ def augmentation_flow(
         }
         _publish_artifacts(cfg, summary, trained)
     return summary
+
+
+augmentation_flow = _ParameterCheckedFlow(
+    _augmentation_flow, name=FLOW_NAME, log_prints=False, persist_result=False
+)
 
 
 # ------------------------------------------------------------------------------------ artifacts
