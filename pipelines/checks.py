@@ -48,6 +48,62 @@ def _probe_dir(url: str, key: str, storage_options: dict | None = None) -> None:
         ) from None
 
 
+def _file_error(url: str, key: str) -> StorageError:
+    return StorageError(
+        f"{key} {url!r} is not writable (it is a file, not a folder): give a folder path, or move the "
+        "file away"
+    )
+
+
+def refuse_file(url: str, key: str, storage_options: dict | None = None) -> None:
+    """Refuse an output folder setting that names an existing file (nothing is created).
+
+    Args:
+        url: the folder (local path or fsspec URL).
+        key: the setting, for the message ("output_dir").
+        storage_options: fsspec options for `url`.
+
+    Raises:
+        StorageError: `url` is a file, or its storage cannot be reached.
+    """
+    import fsspec
+
+    try:
+        fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+        is_file = fs.isfile(path)
+    except Exception as exc:  # any backend: a bad URL, missing credentials, an unreachable endpoint
+        raise StorageError(
+            f"{key} {url!r} cannot be checked ({type(exc).__name__}: {first_line(exc)}): give a local "
+            "path or a reachable URL"
+        ) from None
+    if is_file:
+        raise _file_error(url, key)
+
+
+def make_output_dir(url: str, key: str, storage_options: dict | None = None) -> None:
+    """Create the folder `url` (and its parents) if it does not exist.
+
+    Args:
+        url: the folder (local path or fsspec URL).
+        key: the setting, for the message ("output_dir").
+        storage_options: fsspec options for `url`.
+
+    Raises:
+        StorageError: `url` is a file, or the folder cannot be created.
+    """
+    import fsspec
+
+    refuse_file(url, key, storage_options)
+    try:
+        fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+        fs.makedirs(path, exist_ok=True)
+    except Exception as exc:  # PermissionError, NotADirectoryError (a file above it), botocore...
+        raise StorageError(
+            f"{key} {url!r} is not writable ({type(exc).__name__}: {first_line(exc)}): give a writable "
+            "local path or a URL whose bucket exists and whose credentials allow writes"
+        ) from None
+
+
 def check_job(cfg: PipelineConfig, train: bool = True, generate: bool = True) -> JobCheck:
     """Check what a job will read and write, changing nothing but probe files.
 
@@ -65,6 +121,7 @@ def check_job(cfg: PipelineConfig, train: bool = True, generate: bool = True) ->
     """
     from pipelines.data import resolve_data_shape
 
+    refuse_file(cfg.output_dir, "output_dir")  # every job writes its config.yaml there
     note = resolve_data_shape(cfg)
     if train:
         _probe_dir(cfg.output_dir, "output_dir")
@@ -81,4 +138,4 @@ def check_job(cfg: PipelineConfig, train: bool = True, generate: bool = True) ->
     return JobCheck(shape_note=note, dataset_dir=dataset_dir)
 
 
-__all__ = ["JobCheck", "check_job"]
+__all__ = ["JobCheck", "check_job", "make_output_dir", "refuse_file"]

@@ -8,6 +8,7 @@ config is saved next to the outputs (`save_config`).
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import types
@@ -18,6 +19,7 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 import yaml
 
 from pipelines.data.config import URL_SOURCES, DataConfig
+from pipelines.secrets import redact_config
 from vae.config import ConfigError, VAEConfig
 
 
@@ -46,10 +48,11 @@ class FlowConfig:
     """Prefect orchestration settings.
 
     Args:
-        result_storage: where task results and the training cache live (local dir or fsspec URL such
-            as s3://bucket/prefect); None: Prefect's default (`PREFECT_LOCAL_STORAGE_PATH`).
-        cache_training: reuse a trained model when the data fingerprint and the training config match
-            an earlier run (set false to always retrain).
+        result_storage: where the training cache lives (local dir or fsspec URL such as
+            s3://bucket/vaeaug-cache): JSON records under `train/`, validated on load, never pickles;
+            Prefect persists no results. None: `<output_dir>/.cache`.
+        cache_training: reuse a trained model when the data fingerprint, the training config and the
+            training code match an earlier run (set false to always retrain; the record is refreshed).
         retries: retries of the stages that can fail transiently (data loading, training, sampling).
         retry_delay_seconds: first retry delay; each further retry waits twice as long.
     """
@@ -66,6 +69,11 @@ class FlowConfig:
             raise ConfigError(f"flow.retry_delay_seconds={self.retry_delay_seconds}: must be >= 0")
 
 
+#: Largest `train.lr`: Adam moves every weight by up to lr per step, so far larger values overflow
+#: float32 weights at once (beyond ~3e38 torch refuses the step with a traceback).
+MAX_LR = 10.0
+
+
 @dataclass
 class TrainConfig:
     """Distributed training settings (Ray Train).
@@ -76,7 +84,7 @@ class TrainConfig:
         min_steps: the floor of optimizer steps: a small set gets as many passes per epoch as it
             takes to reach it (a VAE on 1,000 images needs thousands of steps, not 30 epochs' 240).
         batch_size: global batch size (split evenly across workers).
-        lr: Adam learning rate.
+        lr: Adam learning rate, in (0, `MAX_LR`].
         weight_decay: AdamW decay (0 = Adam).
         val_fraction: share of the data held out for validation.
         seed: seeds the split, the initial weights and the shuffling.
@@ -121,7 +129,8 @@ class TrainConfig:
             (self.epochs >= 1, "epochs", "must be >= 1"),
             (self.min_steps >= 0, "min_steps", "must be >= 0 (0: exactly `epochs` passes)"),
             (self.batch_size >= 1, "batch_size", "must be >= 1"),
-            (self.lr > 0, "lr", "must be > 0"),
+            # Adam moves each weight by up to lr per step: beyond MAX_LR float32 weights overflow.
+            (0 < self.lr <= MAX_LR, "lr", f"must be in (0, {MAX_LR:g}] (Adam's step size; 1e-3 is typical)"),
             (self.weight_decay >= 0, "weight_decay", "must be >= 0"),
             (0 <= self.val_fraction < 1, "val_fraction", "must be in [0, 1)"),
             (self.num_workers >= 1, "num_workers", "must be >= 1 (one Ray Train worker per process)"),
@@ -162,6 +171,17 @@ class TrainConfig:
         )
 
 
+#: Most rows one generation job may ask for (every mode together): far beyond any augmentation set,
+#: and small enough that the plan (a few integers per shard) and the counts stay cheap.
+MAX_ROWS = 10**9
+#: Most rows per output file (`generate.shard_size`); a shard's latents are held in memory at once.
+MAX_SHARD_ROWS = 10**6
+#: Most output files per job: the plan holds one small spec per shard, the manifest one entry each.
+MAX_SHARDS = 100_000
+#: Largest decoder batch (`generate.batch_size`); the actors also decode one full batch at start-up.
+MAX_DECODE_BATCH = 65_536
+
+
 @dataclass
 class GenerateConfig:
     """What to sample and where to write it (modes may be mixed in one job).
@@ -186,13 +206,15 @@ class GenerateConfig:
         cpus_per_actor: CPUs each actor reserves and torch threads it uses (the output does not
             depend on it for a given thread count: keep it fixed across runs for byte-identical files).
         output: dataset directory (local path or fsspec URL); None: `<output_dir>/synthetic`.
-        if_exists: "error" (default) or "overwrite" write one dataset at `output` itself; "error"
-            refuses a committed one there, "overwrite" replaces it. "new_version" keeps every run:
-            `output` becomes a directory of complete datasets `v1/`, `v2/`, ... (v1 on the first run)
-            and a `_LATEST` pointer file, moved to each new version after it is committed; readers
-            opening `output` follow the pointer, `output/v2` opens a version. A directory of versions
-            refuses "error" and "overwrite", and "new_version" refuses a directory holding one
-            unversioned dataset (move its files into `v1/` first).
+        if_exists: "error" (default) writes one dataset at `output` itself and refuses a committed
+            one there. "new_version" keeps every run: `output` becomes a directory of complete
+            datasets `v1/`, `v2/`, ... (v1 on the first run) and a `_LATEST` pointer file, moved to
+            each new version after it is committed; readers opening `output` follow the pointer,
+            `output/v2` opens a version. "overwrite" writes the next version the same way and, once
+            `_LATEST` names it, deletes what it replaced (older versions, or an unversioned dataset's
+            files): a job killed midway leaves the old dataset whole. "new_version" refuses a
+            directory holding one unversioned dataset (move its files into `v1/` first, or
+            overwrite it). One job writes to an output at a time (see RELIABILITY.md).
         png_compression: zlib level of the PNGs (0-9); 1 is fast and small enough for small images.
         storage_options: fsspec options for `output`.
         curation_threshold: keep a "prior"/"class" image only when a classifier trained on the real
@@ -225,17 +247,17 @@ class GenerateConfig:
     def __post_init__(self) -> None:
         nonneg = ("num_samples", "variants_per_image", "interpolations")
         for key in nonneg:
-            if getattr(self, key) < 0:
-                raise ConfigError(f"generate.{key}={getattr(self, key)}: must be >= 0")
+            if not 0 <= getattr(self, key) <= MAX_ROWS:
+                raise ConfigError(f"generate.{key}={getattr(self, key)}: must be in 0..{MAX_ROWS:_}")
         for name, count in self.per_class.items():
-            if count < 0:
-                raise ConfigError(f"generate.per_class.{name}={count}: counts must be >= 0")
+            if not 0 <= count <= MAX_ROWS:
+                raise ConfigError(f"generate.per_class.{name}={count}: counts must be in 0..{MAX_ROWS:_}")
         checks = [
             (self.variant_temperature >= 0, "variant_temperature", "must be >= 0"),
             (self.temperature >= 0, "temperature", "must be >= 0"),
             (self.interpolation_steps >= 2, "interpolation_steps", "must be >= 2"),
-            (self.shard_size >= 1, "shard_size", "must be >= 1"),
-            (self.batch_size >= 1, "batch_size", "must be >= 1"),
+            (1 <= self.shard_size <= MAX_SHARD_ROWS, "shard_size", f"must be in 1..{MAX_SHARD_ROWS:_}"),
+            (1 <= self.batch_size <= MAX_DECODE_BATCH, "batch_size", f"must be in 1..{MAX_DECODE_BATCH:_}"),
             (self.num_actors is None or self.num_actors >= 1, "num_actors", "must be >= 1 or null"),
             (self.cpus_per_actor >= 1, "cpus_per_actor", "must be >= 1"),
             (self.variant_limit is None or self.variant_limit >= 1, "variant_limit", "must be >= 1"),
@@ -255,6 +277,18 @@ class GenerateConfig:
         for ok, key, fix in checks:
             if not ok:
                 raise ConfigError(f"generate.{key}={getattr(self, key)!r}: {fix}")
+        self._check_known_rows()
+
+    def _check_known_rows(self) -> None:
+        """The rows known without the data (prior, per-class, interpolations) within `MAX_ROWS`."""
+        interpolated = self.interpolations * self.interpolation_steps
+        known = (self.total_rows or 0) + interpolated
+        if known > MAX_ROWS:
+            raise ConfigError(
+                f"generate asks for {known:_} rows (num_samples + per_class + interpolations x "
+                f"interpolation_steps), more than the {MAX_ROWS:_} one job may write: lower the counts, "
+                "or split the work into several jobs (e.g. generate.if_exists=new_version)"
+            )
 
     @property
     def total_rows(self) -> int | None:
@@ -372,15 +406,13 @@ class PipelineConfig:
         """Plain JSON/YAML-ready dict (tuples as lists).
 
         Args:
-            redact: replace secret-looking `storage_options` values (keys, secrets, tokens,
-                passwords) with "<redacted>": use it for anything written to files or logs.
+            redact: apply `pipelines.secrets.redact_config` (secret-looking values such as storage
+                options' keys, secrets and tokens become "<redacted>", URLs lose their user:password):
+                use it for anything written to files or logs.
         """
         out = _plain(dataclasses.asdict(self))
         del out["infer_from_data"]  # not a setting: the resolved values are in `model`
-        if redact:
-            for section in ("data", "generate"):
-                out[section]["storage_options"] = redact_secrets(out[section]["storage_options"])
-        return out
+        return redact_config(out) if redact else out
 
 
 #: Characters kept in a data name used as a directory name (others become "_").
@@ -413,19 +445,9 @@ def absolute_local(path: str) -> str:
     return os.path.abspath(os.path.expanduser(path))
 
 
-_SECRET_WORDS = ("key", "secret", "token", "password", "credential", "session")
-
-
 def redact_secrets(options: Any) -> Any:
-    """Copy of `options` with values under secret-looking keys replaced by "<redacted>"."""
-    if isinstance(options, dict):
-        return {
-            k: "<redacted>" if any(w in str(k).lower() for w in _SECRET_WORDS) else redact_secrets(v)
-            for k, v in options.items()
-        }
-    if isinstance(options, list):
-        return [redact_secrets(v) for v in options]
-    return options
+    """Copy of `options` safe to store: `pipelines.secrets.redact_config` (kept for existing callers)."""
+    return redact_config(options)
 
 
 # ---------------------------------------------------------------------------------------- builder
@@ -449,6 +471,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin in (Union, types.UnionType):
         if value is None and type(None) in args:
             return None
+        if float in args:
+            _check_finite(value, key)
         for arg in (a for a in args if a is not type(None)):
             try:
                 return _coerce(value, arg, key)
@@ -484,6 +508,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return value
     elif tp is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
+            _check_finite(value, key)
             return float(value)
     elif tp is str:
         if isinstance(value, str):
@@ -491,6 +516,12 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     else:
         return value
     raise ConfigError(f"{key}={value!r}: expected {_type_name(tp)}")
+
+
+def _check_finite(value: Any, key: str) -> None:
+    """A float setting must be a finite number: YAML's .inf/.nan would pass every "> 0" check."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key}={value!r}: give a finite number (not inf or nan)")
 
 
 def build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:

@@ -14,8 +14,12 @@ from typing import Any
 
 import fsspec
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
+from fsspec import AbstractFileSystem
 
+from pipelines.data.filesystems import first_line
+from pipelines.errors import DataError
 from pipelines.generate.commit import join, redact_url
 from pipelines.readers import SyntheticManifest, decode_image, open_dataset
 
@@ -24,6 +28,10 @@ SAMPLE_ROWS = 2048
 NAMES_SHOWN = 20
 #: Provenance keys a description keeps (the full config and model config stay in the manifest).
 PROVENANCE_KEYS = ("model_sha256", "seed", "vaeaug_version", "torch_version", "model_dir", "job_id")
+#: Problems named in the one-line error about a damaged dataset before "and N more".
+PROBLEMS_SHOWN = 5
+#: What reading a damaged Parquet file or PNG can raise (pyarrow, fsspec, torchvision's decoder).
+_READ_ERRORS = (pa.ArrowException, OSError, ValueError, KeyError, RuntimeError, StopIteration)
 
 
 @dataclass
@@ -109,11 +117,17 @@ def sample_quality(path: str, storage_options: dict[str, Any] | None = None) -> 
 def _sample_quality(manifest: SyntheticManifest) -> dict[str, float]:
     fs, _ = manifest.filesystem()
     _, first = fsspec.core.url_to_fs(manifest.files[0], **manifest.storage_options)
-    with fs.open(first, "rb") as f:
-        pf = pq.ParquetFile(f)
-        table = next(pf.iter_batches(batch_size=SAMPLE_ROWS, columns=["image", "latent", "method"]))
-    pngs = [row["bytes"] for row in table.column("image").to_pylist()]
-    pixels = np.stack([decode_image(b).numpy() for b in pngs[:256]])  # (n, C, H, W) in [0, 1]
+    try:
+        with fs.open(first, "rb") as f:
+            pf = pq.ParquetFile(f)
+            table = next(pf.iter_batches(batch_size=SAMPLE_ROWS, columns=["image", "latent", "method"]))
+        pngs = [row["bytes"] for row in table.column("image").to_pylist()]
+        pixels = np.stack([decode_image(b).numpy() for b in pngs[:256]])  # (n, C, H, W) in [0, 1]
+    except _READ_ERRORS as exc:  # a footer that parses over damaged pages or PNGs
+        raise DataError(
+            f"cannot read the first rows of {redact_url(manifest.files[0])!r} ({type(exc).__name__}: "
+            f"{first_line(exc)}): the file is damaged; re-run the generation"
+        ) from None
     latents = np.stack(table.column("latent").to_numpy(zero_copy_only=False))  # (n, D)
     prior = latents[np.asarray(table.column("method").to_pylist()) == "prior"]
     unique = len({hashlib.sha256(b).digest() for b in pngs})
@@ -126,6 +140,70 @@ def _sample_quality(manifest: SyntheticManifest) -> dict[str, float]:
         out["prior_latent_mean"] = float(prior.mean())
         out["prior_latent_std"] = float(prior.std(axis=0).mean())
     return out
+
+
+def file_problems(manifest: SyntheticManifest) -> list[str]:
+    """Every data file checked against the manifest: present, of its recorded size, with a Parquet
+    footer that parses and counts the recorded rows (one listing per folder, one footer read per file).
+
+    Args:
+        manifest: the opened dataset.
+
+    Returns:
+        One short line per damaged file ("data/part-00001-of-00004.parquet has 100 bytes, the
+        manifest says 5120"); empty when every file matches.
+    """
+    fs, root = manifest.filesystem()
+    entries = list(manifest.data.get("files") or [])
+    sizes = _listed_sizes(fs, root, [str(entry.get("path")) for entry in entries])
+    problems = [_file_problem(fs, root, entry, sizes) for entry in entries]
+    return [problem for problem in problems if problem is not None]
+
+
+def _listed_sizes(fs: AbstractFileSystem, root: str, rels: list[str]) -> dict[str, int]:
+    """Size of every file in the folders holding `rels`, keyed by path relative to `root`."""
+    sizes: dict[str, int] = {}
+    for folder in sorted({rel.rsplit("/", 1)[0] if "/" in rel else "" for rel in rels}):
+        base = join(root, folder) if folder else root
+        fs.invalidate_cache(base)
+        try:
+            listed = fs.ls(base, detail=True)
+        except (FileNotFoundError, NotADirectoryError):
+            listed = []
+        for item in listed:
+            name = str(item["name"]).rstrip("/").rsplit("/", 1)[-1]
+            sizes[f"{folder}/{name}" if folder else name] = int(item.get("size") or 0)
+    return sizes
+
+
+def _file_problem(
+    fs: AbstractFileSystem, root: str, entry: dict[str, Any], sizes: dict[str, int]
+) -> str | None:
+    """What is wrong with one manifest file entry, or None."""
+    rel = str(entry.get("path"))
+    have, want = sizes.get(rel), entry.get("bytes")
+    if have is None:
+        return f"{rel} is missing"
+    if want is not None and have != int(want):
+        return f"{rel} has {have} bytes, the manifest says {want}"
+    try:
+        with fs.open(join(root, rel), "rb") as f:
+            rows = pq.ParquetFile(f).metadata.num_rows
+    except _READ_ERRORS as exc:
+        return f"{rel} has no readable Parquet footer ({first_line(exc)})"
+    if "rows" in entry and rows != int(entry["rows"]):
+        return f"{rel} holds {rows} rows, the manifest says {entry['rows']}"
+    return None
+
+
+def damaged_error(path: str, problems: list[str]) -> DataError:
+    """The one-line error naming a damaged dataset's problems (the first `PROBLEMS_SHOWN` of them)."""
+    shown = "; ".join(problems[:PROBLEMS_SHOWN])
+    more = f"; and {len(problems) - PROBLEMS_SHOWN} more" if len(problems) > PROBLEMS_SHOWN else ""
+    return DataError(
+        f"the synthetic dataset {redact_url(path)!r} is damaged ({len(problems)} file(s)): {shown}{more}: "
+        "re-run the generation (or restore the files from a copy)"
+    )
 
 
 def _model_metrics(model_dir: str | None) -> dict[str, float] | None:
@@ -167,13 +245,17 @@ def dataset_description(path: str, storage_options: dict[str, Any] | None = None
         storage_options: fsspec options.
 
     Returns:
-        Its `DatasetDescription` (reads the manifest, a sample of the first file and the model's
-        metrics when its directory is reachable).
+        Its `DatasetDescription` (reads the manifest, every file's footer, a sample of the first file
+        and the model's metrics when its directory is reachable).
 
     Raises:
-        DataError: no committed dataset at `path`.
+        DataError: no committed dataset at `path`, or damaged files: one line naming every missing,
+            truncated or unreadable file (see `file_problems`).
     """
     manifest = open_dataset(path, storage_options)
+    problems = file_problems(manifest)
+    if problems:
+        raise damaged_error(path, problems)
     m = manifest.data
     prov = manifest.provenance
     preview = m.get("preview")

@@ -8,7 +8,8 @@ import torch
 
 from pipelines.config import PipelineConfig
 from pipelines.data.imageset import ImageSet
-from vae.io import load_model
+from pipelines.errors import DataError, ModelError
+from vae.io import ModelFileError, load_model, read_model_config
 from vae.model import VAE
 from vae.training import evaluate, iterate_batches
 
@@ -80,6 +81,42 @@ def quality_report(model: VAE, train: ImageSet, heldout: ImageSet, seed: int = 0
     )
 
 
+def check_model_fits_data(model: VAE, recorded: list[str] | None, data: ImageSet, model_dir: str) -> None:
+    """The data must be what the model was trained on: the same image shape and, for a conditional
+    model, the same classes (labels beyond the model's classes would fail deep inside the forward pass).
+
+    Args:
+        model: the loaded model.
+        recorded: the class names saved with the model (None for models saved without them).
+        data: the loaded data, in the model's size.
+        model_dir: where the model is, for the message.
+
+    Raises:
+        DataError: one line with both class lists' sizes (or both shapes) and the fix.
+    """
+    fix = "evaluate the model with the data it was trained on (data.source / data.path), or pass --model"
+    if tuple(data.image_shape) != tuple(model.cfg.image_shape):
+        raise DataError(
+            f"the data's images are {tuple(data.image_shape)} but the model at {model_dir!r} makes "
+            f"{model.cfg.image_shape}: use the config the model was trained with (model.image_size, "
+            "model.channels), or pass --model"
+        )
+    if not model.cfg.conditional:
+        return  # an unconditional model ignores the labels
+    names = list(recorded) if recorded else None
+    if data.num_classes != model.cfg.num_classes or (names is not None and names != data.class_names):
+        model_names = names or [str(k) for k in range(model.cfg.num_classes or 0)]
+        raise DataError(
+            f"the model at {model_dir!r} has {model.cfg.num_classes} classes {_preview(model_names)} but "
+            f"the data has {data.num_classes} {_preview(data.class_names)}: {fix}"
+        )
+
+
+def _preview(names: list[str], shown: int = 5) -> str:
+    more = f", ... ({len(names) - shown} more)" if len(names) > shown else ""
+    return "[" + ", ".join(names[:shown]) + more + "]"
+
+
 def evaluate_saved_model(cfg: PipelineConfig, data: ImageSet, model_dir: str | None = None) -> QualityReport:
     """Load the exported model and report on the same held-out split training used.
 
@@ -90,7 +127,17 @@ def evaluate_saved_model(cfg: PipelineConfig, data: ImageSet, model_dir: str | N
 
     Returns:
         The `QualityReport` (on the whole data when there is no held-out split).
+
+    Raises:
+        ModelError: no readable model at the model directory.
+        DataError: the data is not what the model was trained on (other classes or image shape).
     """
-    model = load_model(model_dir or cfg.model_dir)
+    where = model_dir or cfg.model_dir
+    try:
+        recorded = (read_model_config(where).get("extra") or {}).get("class_names")
+        model = load_model(where)
+    except ModelFileError as exc:  # a PipelineError, so the flow does not retry it
+        raise ModelError(str(exc)) from None
+    check_model_fits_data(model, recorded, data, where)
     train, heldout = data.split(cfg.train.val_fraction, seed=cfg.train.seed)
     return quality_report(model, train, heldout if len(heldout) else train, seed=cfg.train.seed)

@@ -26,8 +26,10 @@ CONFIG_FILE = "config.yaml"
 
 def save_merged_config(cfg: PipelineConfig) -> str:
     """Write the merged config (secrets redacted) to `<output_dir>/config.yaml`; returns its path."""
+    from pipelines.checks import make_output_dir
+
+    make_output_dir(cfg.output_dir, "output_dir")  # a file there is a one-line StorageError
     fs, root = fsspec.core.url_to_fs(cfg.output_dir)
-    fs.makedirs(root, exist_ok=True)
     fs.pipe_file(root.rstrip("/") + "/" + CONFIG_FILE, save_config(cfg).encode())
     return cfg.output_dir.rstrip("/") + "/" + CONFIG_FILE
 

@@ -6,6 +6,7 @@ fsspec URL (s3://, gs://, memory://).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import platform
@@ -27,10 +28,15 @@ FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 ENV_FILE = "environment.json"
+#: Buffers of a model with `latent_prior="fitted"`: mean (G, D) and Cholesky factor (G, D, D).
+_PRIOR_BUFFERS = ("prior_loc", "prior_scale_tril")
 
 
-class ModelFileError(ValueError):
-    """A saved model is missing, incomplete or corrupt; the message names the file."""
+class ModelFileError(ConfigError):
+    """A saved model is missing, incomplete or corrupt; the message names the file.
+
+    A `ConfigError` (so a `ValueError` too): a user error, reported in one line and never retried.
+    """
 
 
 @dataclass
@@ -155,13 +161,57 @@ def load_model(
         state = st_load(blob)
     except SafetensorError as exc:
         raise ModelFileError(f"corrupt weights '{_join(path, WEIGHTS_FILE)}': {exc}") from exc
-    model = VAE(VAEConfig.from_dict(data["model"]))
+    cfg = VAEConfig.from_dict(data["model"])
+    _check_fits(cfg, state, path)  # before any allocation the config alone decides
+    model = VAE(cfg)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
-        raise ModelFileError(f"weights in '{path}' do not fit its config: {first}") from exc
+        raise _misfit(path, exc) from exc
     return model.to(map_location).eval()
+
+
+def _check_fits(cfg: VAEConfig, state: dict[str, torch.Tensor], path: str) -> None:
+    """Check the weights' tensor names and shapes against the model `cfg` describes, without memory.
+
+    The model is built on the meta device (shapes only, no storage), so a config.json whose
+    sizes disagree with the weights (say latent_dim=2e9 next to weights of latent_dim=16) fails
+    here in milliseconds instead of allocating the model it describes first.
+
+    Raises:
+        ModelFileError: a tensor is missing, unexpected, or of another shape than `cfg` needs.
+    """
+    # torch.eye on the meta device takes seconds on its first call (its decomposition is traced), so
+    # the skeleton leaves out the fitted prior's two buffers and their shapes are checked by hand.
+    with torch.device("meta"):
+        skeleton = VAE(dataclasses.replace(cfg, latent_prior="standard"))
+    try:
+        # assign=True keeps the loaded tensors instead of copying into the (storage-less) meta ones.
+        skeleton.load_state_dict(
+            {k: v for k, v in state.items() if k not in _PRIOR_BUFFERS}, strict=True, assign=True
+        )
+    except RuntimeError as exc:
+        raise _misfit(path, exc) from None
+    if cfg.latent_prior != "fitted":
+        return  # prior buffers in the weights of a standard-prior config: the strict load names them
+    groups, dim = cfg.num_classes or 1, cfg.latent_dim
+    for key, shape in zip(_PRIOR_BUFFERS, ((groups, dim), (groups, dim, dim)), strict=True):
+        found = tuple(state[key].shape) if key in state else None
+        if found != shape:
+            raise ModelFileError(
+                f"weights in '{path}' do not fit its config ({key} is {found}, the config needs "
+                f"{shape}): re-save the model, or restore the {CONFIG_FILE} saved with these weights"
+            )
+
+
+def _misfit(path: str, exc: RuntimeError) -> ModelFileError:
+    """One line for a `load_state_dict` error: its first detail (torch's first line is only a title)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    detail = lines[1] if len(lines) > 1 else (lines[0] if lines else type(exc).__name__)
+    return ModelFileError(
+        f"weights in '{path}' do not fit its config ({detail.rstrip('.')}): re-save the model, or "
+        f"restore the {CONFIG_FILE} saved with these weights"
+    )
 
 
 def model_checksum(path: str, storage_options: dict | None = None) -> str:

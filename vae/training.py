@@ -7,6 +7,8 @@ These plain functions are what every runner calls: the local loop below, and the
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -14,10 +16,84 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from vae.config import ConfigError
 from vae.losses import vae_loss
 from vae.model import VAE
 
 Batch = tuple[torch.Tensor, torch.Tensor | None]  # x (B, C, H, W), y (B,) or None
+
+
+@dataclass(frozen=True)
+class Divergence:
+    """Where and how training diverged (filled in as the error passes up through the loops).
+
+    Args:
+        what: "loss" (a non-finite loss on a batch) or "weights" (non-finite parameters after a pass).
+        terms: the batch's loss terms (loss, recon, kl); empty for "weights".
+        lr: the optimizer's learning rate, when known.
+        step: 1-based optimizer step within the epoch, when known.
+        epoch: 1-based epoch, when known.
+    """
+
+    what: str
+    terms: dict[str, float] = dataclasses.field(default_factory=dict)
+    lr: float | None = None
+    step: int | None = None
+    epoch: int | None = None
+
+
+class TrainingDivergedError(ConfigError):
+    """The loss or the weights became NaN or infinite: training stops (nothing is saved) with one line.
+
+    A `ConfigError`: the fix is a setting (a lower learning rate), and a retry with the same settings
+    diverges the same way, so runners must not retry it.
+    """
+
+    def __init__(self, divergence: Divergence) -> None:
+        self.divergence = divergence
+        super().__init__(_divergence_text(divergence))
+
+    def __reduce__(self) -> tuple[type, tuple[Divergence]]:
+        # Rebuilt from its fields, not its message: Ray pickles a worker's error to the driver.
+        return (type(self), (self.divergence,))
+
+    def at(self, *, step: int | None = None, epoch: int | None = None) -> TrainingDivergedError:
+        """The same error with the step and/or epoch filled in (values already known are kept)."""
+        d = self.divergence
+        return TrainingDivergedError(
+            dataclasses.replace(d, step=d.step if d.step is not None else step, epoch=d.epoch or epoch)
+        )
+
+
+def _divergence_text(d: Divergence) -> str:
+    where = " ".join(f"{k} {v}" for k, v in (("epoch", d.epoch), ("step", d.step)) if v is not None)
+    if d.what == "weights":
+        problem = "the model's weights became nan or infinite"
+    else:
+        bad = next((f"{v}" for v in d.terms.values() if not math.isfinite(v)), "nan")
+        terms = ", ".join(f"{k} {v:.4g}" for k, v in d.terms.items())
+        problem = f"training loss became {bad}" + (f" ({terms})" if terms else "")
+    rate = f" (now {d.lr:g})" if d.lr is not None else ""
+    return (
+        f"{problem}{' at ' + where if where else ''}: lower train.lr{rate}, or check the data for "
+        "extreme values; no model was saved"
+    )
+
+
+def check_finite_weights(model: nn.Module, epoch: int | None = None) -> None:
+    """Raise `TrainingDivergedError` if any parameter of `model` is NaN or infinite.
+
+    Args:
+        model: the (possibly wrapped) model.
+        epoch: the epoch just trained, for the message.
+
+    Raises:
+        TrainingDivergedError: a non-finite weight (the last step's update overflowed).
+    """
+    with torch.no_grad():
+        finite = all(bool(torch.isfinite(p).all()) for p in model.parameters())
+    if not finite:
+        raise TrainingDivergedError(Divergence("weights", epoch=epoch))
 
 
 @dataclass
@@ -91,17 +167,25 @@ def train_step(
 
     Returns:
         Batch-mean loss terms as floats: loss, recon, kl.
+
+    Raises:
+        TrainingDivergedError: the batch's loss is NaN or infinite (checked before the update, so the
+            weights are left as they were; the caller adds the step and epoch to the message).
     """
     model.train()
     with _autocast(x.device, autocast_dtype):
         out = model(x, _labels(model, y))
     loss = vae_loss(x, out, unwrap(model).cfg)  # in float32 even under autocast
+    terms = loss.item()  # the one device sync of the step, moved before the backward pass
+    if not all(math.isfinite(v) for v in terms.values()):
+        lr = optimizer.param_groups[0].get("lr") if optimizer.param_groups else None
+        raise TrainingDivergedError(Divergence("loss", terms, lr=lr))
     optimizer.zero_grad(set_to_none=True)
     loss.total.backward()
     if grad_clip is not None:
         nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
-    return loss.item()
+    return terms
 
 
 @torch.no_grad()
@@ -121,12 +205,19 @@ def eval_step(
 def run_epoch(
     step: Callable[[torch.Tensor, torch.Tensor | None], dict[str, float]], batches: Iterable[Batch]
 ) -> EpochMetrics:
-    """Apply `step` to each batch and return per-sample means weighted by batch size."""
+    """Apply `step` to each batch and return per-sample means weighted by batch size.
+
+    Raises:
+        TrainingDivergedError: from `step`, with the 1-based index of the batch added.
+    """
     totals = {"loss": 0.0, "recon": 0.0, "kl": 0.0}
     n = 0
     start = time.perf_counter()
-    for x, y in batches:
-        metrics = step(x, y)
+    for index, (x, y) in enumerate(batches, start=1):
+        try:
+            metrics = step(x, y)
+        except TrainingDivergedError as exc:
+            raise exc.at(step=index) from None
         for k in totals:
             totals[k] += metrics[k] * x.shape[0]
         n += x.shape[0]

@@ -8,7 +8,8 @@ from typing import Any
 
 from vae.config import ConfigError
 
-#: Sources read by torchvision from a local root folder (`path` defaults to `DEFAULT_ROOT`).
+#: Sources read from a local root folder in their official layout (`path` defaults to `DEFAULT_ROOT`):
+#: MNIST's by torchvision, CIFAR-10's by `pipelines.data.cifar` (torchvision's reader unpickles).
 TORCHVISION_SOURCES: tuple[str, ...] = ("mnist", "fashion-mnist", "cifar10")
 #: Sources read from a user-given local path or fsspec URL (`path` is required).
 URL_SOURCES: tuple[str, ...] = ("folder", "parquet")
@@ -64,7 +65,7 @@ class DataConfig:
             )
         if self.source in TORCHVISION_SOURCES and self.path is not None and _is_remote(self.path):
             raise ConfigError(
-                f"data.path={self.path!r}: source {self.source!r} is read by torchvision from a local "
+                f"data.path={self.path!r}: source {self.source!r} is read from a local "
                 "folder only: give a local directory (or copy the files there first)"
             )
         if not isinstance(self.download, bool):

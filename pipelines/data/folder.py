@@ -19,6 +19,7 @@ from pipelines.data.decode import (
 from pipelines.data.filesystems import display_name, first_line, is_hidden, open_root, relative
 from pipelines.data.imageset import ImageSet
 from pipelines.errors import DataError
+from vae.config import MAX_CLASSES
 
 #: Files fetched per round trip (s3fs fetches one round concurrently).
 _FETCH_BATCH = 256
@@ -37,7 +38,8 @@ def load_folder(data: DataConfig, size: tuple[int, int], channels: int) -> Image
         the files' paths relative to `path` (e.g. "cat/001.png").
 
     Raises:
-        DataError: missing path, no class subfolders, no image files, unreadable or corrupt file.
+        DataError: missing path, no class subfolders, a class subfolder without images, no image
+            files, unreadable or corrupt file.
     """
     assert data.path is not None  # guaranteed by DataConfig
     fs, class_names, files = list_folder(data)
@@ -144,6 +146,32 @@ def _corrupt(name: str, exc: ImageDecodeError) -> DataError:
     return DataError(f"corrupt image {name!r}: {exc}; remove or replace it")
 
 
+def _check_classes(class_names: list[str], found: list[tuple[str, str]], path: str) -> None:
+    """Every class folder must hold an image, and there may be at most `MAX_CLASSES` of them.
+
+    An empty folder would still be a class: a conditional model would get a label it never saw
+    an image of, and generation would fill its share of rows with whatever the decoder makes of it.
+
+    Raises:
+        DataError: naming the empty class folder(s), or the class count, and the fix.
+    """
+    if len(class_names) > MAX_CLASSES:
+        raise DataError(
+            f"data.path {path!r} has {len(class_names)} class subfolders, more than the {MAX_CLASSES} "
+            "classes a model can condition on: point data.path at the folder whose subfolders are the classes"
+        )
+    used = {rel.split("/", 1)[0] for rel, _ in found}
+    empty = [name for name in class_names if name not in used]
+    if empty:
+        shown = ", ".join(repr(display_name(path, name)) for name in empty[:3])
+        more = f" and {len(empty) - 3} more" if len(empty) > 3 else ""
+        raise DataError(
+            f"class folder {shown}{more} of data.path has no image files: remove "
+            f"{'it' if len(empty) == 1 else 'them'} or add images ({', '.join(IMAGE_EXTENSIONS)}) to "
+            f"{'it' if len(empty) == 1 else 'each'}"
+        )
+
+
 def _scan(fs, root: str, path: str) -> tuple[list[str], list[tuple[str, str]]]:
     """List class subfolders and image files below `root` in one recursive listing.
 
@@ -181,6 +209,7 @@ def _scan(fs, root: str, path: str) -> tuple[list[str], list[tuple[str, str]]]:
             f"{'...' if len(class_names) > 5 else ''}): add files ending in "
             f"{', '.join(IMAGE_EXTENSIONS)} (any case)"
         )
+    _check_classes(class_names, found, path)
     index = {name: i for i, name in enumerate(class_names)}
     found.sort(key=lambda item: (index[item[0].split("/", 1)[0]], item[0]))
     return class_names, found

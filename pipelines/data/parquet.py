@@ -22,6 +22,7 @@ from pipelines.data.decode import ImageDecodeError, ImageHeader, decode_image, r
 from pipelines.data.filesystems import display_name, first_line, is_hidden, open_root, relative
 from pipelines.data.imageset import ImageSet
 from pipelines.errors import DataError
+from vae.config import MAX_CLASSES
 
 _BATCH_ROWS = 1024
 
@@ -36,12 +37,15 @@ def load_parquet(data: DataConfig, size: tuple[int, int], channels: int) -> Imag
 
     Returns:
         An `ImageSet` in [0, 1] (not yet in the model's range). Class names come from the
-        `huggingface` schema metadata (ClassLabel names) when present, else "0".."max label".
-        Ids are "<file relative to path>#<row in file>" ("<file name>#<row>" for a single file).
+        `huggingface` schema metadata (ClassLabel names) when present; else they are the distinct
+        label values, in increasing order, and the labels become their positions (labels {3, 7, 50000}
+        give classes "3", "7", "50000" at indices 0, 1, 2: no class without a row). Ids are
+        "<file relative to path>#<row in file>" ("<file name>#<row>" for a single file).
 
     Raises:
-        DataError: missing path, no Parquet files, missing or mistyped columns, bad labels,
-            corrupt image bytes (naming the file and row).
+        DataError: missing path, no Parquet files, missing or mistyped columns, bad labels, more
+            than `MAX_CLASSES` classes, corrupt pages or image bytes (naming the file and row group
+            or row).
     """
     assert data.path is not None  # guaranteed by DataConfig
     fs, root = open_root(data.path, data.storage_options)
@@ -50,6 +54,7 @@ def load_parquet(data: DataConfig, size: tuple[int, int], channels: int) -> Imag
     ids: list[str] = []
     names: list[str] | None = None
     remaining = data.limit
+    columns = [data.image_column, data.label_column]
     for full, name, rel in iter_parquet_files(fs, root, data.path):
         if remaining is not None and remaining <= 0:
             break
@@ -57,36 +62,85 @@ def load_parquet(data: DataConfig, size: tuple[int, int], channels: int) -> Imag
             pfile = _open_parquet(fh, name)
             file_names = check_schema(pfile.schema_arrow, data.image_column, data.label_column, name)
             names = names if names is not None else file_names
-            row = 0
-            for batch in pfile.iter_batches(
-                batch_size=_BATCH_ROWS, columns=[data.image_column, data.label_column]
-            ):
-                if remaining is not None:
-                    batch = batch.slice(0, remaining)
-                    remaining -= batch.num_rows
+            for row, batch in read_batches(pfile, name, columns, remaining):
                 labels.append(_labels(batch.column(data.label_column), name, row))
                 parts.append(decode_image_batch(batch.column(data.image_column), size, channels, name, row))
                 ids.extend(f"{rel}#{row + i}" for i in range(batch.num_rows))
-                row += batch.num_rows
-                if remaining is not None and remaining <= 0:
-                    break
+                remaining = None if remaining is None else remaining - batch.num_rows
     if not ids:
         raise _no_rows(data.path)
-    all_labels = np.concatenate(labels)
-    max_label = int(all_labels.max())
-    if names is None:
-        names = [str(i) for i in range(max_label + 1)]
-    elif max_label >= len(names):
-        raise DataError(
-            f"label {max_label} in {data.path!r} is outside the {len(names)} ClassLabel names of the "
-            f"'huggingface' metadata: fix the labels or the metadata's names"
-        )
+    names, dense = _classes(np.concatenate(labels), names, data.path)
     return ImageSet(
         images=torch.from_numpy(np.concatenate(parts)),  # (N, C, H, W)
-        labels=torch.from_numpy(all_labels.astype(np.int64)),
+        labels=torch.from_numpy(dense),
         class_names=names,
         ids=ids,
     )
+
+
+def _classes(labels: np.ndarray, names: list[str] | None, path: str) -> tuple[list[str], np.ndarray]:
+    """Class names and int64 class indices of the loaded labels (see `load_parquet`).
+
+    Raises:
+        DataError: a label beyond the ClassLabel names, or more than `MAX_CLASSES` classes.
+    """
+    if names is not None:
+        if len(names) > MAX_CLASSES:
+            raise DataError(
+                f"the 'huggingface' metadata of {path!r} names {len(names)} classes, more than the "
+                f"{MAX_CLASSES} a model can condition on: merge classes, or set conditional=false"
+            )
+        max_label = int(labels.max())
+        if max_label >= len(names):
+            raise DataError(
+                f"label {max_label} in {path!r} is outside the {len(names)} ClassLabel names of the "
+                f"'huggingface' metadata: fix the labels or the metadata's names"
+            )
+        return names, labels.astype(np.int64)
+    # Without names the classes are the values present: sparse or huge values (a stray 50000) must
+    # not make tens of thousands of classes that have no image (the model would sample them blind).
+    values, dense = np.unique(labels, return_inverse=True)
+    if len(values) > MAX_CLASSES:
+        raise DataError(
+            f"the labels of {path!r} hold {len(values)} distinct values, more than the {MAX_CLASSES} "
+            "classes a model can condition on: check data.label_column, or set conditional=false"
+        )
+    return [str(int(v)) for v in values], dense.astype(np.int64).reshape(-1)
+
+
+def read_batches(
+    pfile: pq.ParquetFile, name: str, columns: list[str], limit: int | None = None
+) -> Iterator[tuple[int, pa.RecordBatch]]:
+    """Record batches of `columns`, one row group at a time, with the file row of each batch's first row.
+
+    Args:
+        pfile: the open Parquet file.
+        name: its display name, for messages.
+        columns: the columns to read.
+        limit: stop after this many rows (None: all).
+
+    Returns:
+        Iterator of (first row, batch); batches hold at most `_BATCH_ROWS` rows.
+
+    Raises:
+        DataError: a page cannot be read or decompressed (a corrupt file whose footer is intact),
+            naming the file and the row group.
+    """
+    row = 0
+    for group in range(pfile.num_row_groups):
+        try:
+            for batch in pfile.iter_batches(batch_size=_BATCH_ROWS, row_groups=[group], columns=columns):
+                if limit is not None and row + batch.num_rows > limit:
+                    batch = batch.slice(0, limit - row)
+                yield row, batch
+                row += batch.num_rows
+                if limit is not None and row >= limit:
+                    return
+        except (pa.ArrowException, OSError) as exc:
+            raise DataError(
+                f"corrupt Parquet data in {name!r} row group {group} (rows from {row}): {first_line(exc)}; "
+                "replace the file or write it again"
+            ) from None
 
 
 def parquet_headers(data: DataConfig, max_images: int) -> list[ImageHeader]:
@@ -121,16 +175,13 @@ def _file_headers(pfile: pq.ParquetFile, data: DataConfig, name: str, wanted: in
     """Headers of the first `wanted` images of one Parquet file."""
     check_schema(pfile.schema_arrow, data.image_column, data.label_column, name)
     headers: list[ImageHeader] = []
-    for batch in pfile.iter_batches(batch_size=min(_BATCH_ROWS, wanted), columns=[data.image_column]):
-        blobs = pc.struct_field(batch.column(0), "bytes").to_pylist()[: wanted - len(headers)]
-        for blob in blobs:
-            row = len(headers)
+    for first, batch in read_batches(pfile, name, [data.image_column], wanted):
+        blobs = pc.struct_field(batch.column(0), "bytes").to_pylist()
+        for row, blob in enumerate(blobs, start=first):
             try:
                 headers.append(read_header(_image_bytes(blob, name, row)))
             except ImageDecodeError as exc:
                 raise _corrupt(name, row, exc) from None
-        if len(headers) >= wanted:
-            break
     return headers
 
 
@@ -309,4 +360,5 @@ __all__ = [
     "iter_parquet_files",
     "load_parquet",
     "parquet_headers",
+    "read_batches",
 ]

@@ -14,6 +14,7 @@ from functools import partial
 import numpy as np
 import torch
 
+from pipelines.data.cifar import load_cifar10
 from pipelines.data.config import DataConfig
 from pipelines.data.decode import fit_batch, uint8_to_unit
 from pipelines.data.filesystems import first_line
@@ -92,6 +93,9 @@ def load_torchvision(
 ) -> ImageSet:
     """A torchvision dataset from a local root, converted from its in-memory arrays in one batch.
 
+    Only for datasets whose files torchvision parses without unpickling (MNIST's idx files); CIFAR-10
+    has its own reader (`pipelines.data.cifar`).
+
     Args:
         data: the data config (`root`, `download`, `split`, `limit`).
         size: target (H, W).
@@ -151,15 +155,8 @@ LOADERS: dict[str, Loader] = {
         folder="FashionMNIST",
         expected=_mnist_layout("FashionMNIST"),
     ),
-    "cifar10": partial(
-        load_torchvision,
-        dataset="CIFAR10",
-        folder="cifar-10-batches-py",
-        expected={
-            "train": "cifar-10-batches-py/data_batch_1",
-            "test": "cifar-10-batches-py/test_batch",
-        },
-    ),
+    # Not through torchvision: its CIFAR10 runs pickle.load on the files under data.path.
+    "cifar10": load_cifar10,
     "folder": load_folder,
     "parquet": load_parquet,
 }

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from pipelines.config import GenerateConfig
+from pipelines.config import MAX_ROWS, MAX_SHARDS, GenerateConfig
 from pipelines.data.imageset import ImageSet
 from pipelines.errors import DataError, ModelError, PipelineError
 from vae.config import ConfigError, VAEConfig
@@ -27,6 +27,10 @@ PER_RUN = "per_run"
 METHODS: tuple[str, ...] = ("prior", "class", "variant", "interpolation")
 #: `spawn_key` that separates the plan's own randomness (pair choice) from the shards' (seed, i).
 _PAIRS_KEY = 1
+#: Most latent values one shard holds at once (rows x latent_dim; 1 GiB of float32).
+MAX_SHARD_LATENTS = 2**28
+#: Most values of one decoded batch (batch_size x C x H x W; 4 GiB of float32).
+MAX_BATCH_VALUES = 2**30
 _NOTHING = (
     "nothing to generate: set generate.num_samples > 0, or give generate.per_class counts, "
     "generate.variants_per_image or generate.interpolations"
@@ -243,6 +247,7 @@ def validate_request(gen: GenerateConfig, model_cfg: VAEConfig, class_names: lis
     Raises:
         PipelineError: nothing to generate, or an unknown class name.
         ModelError: per-class counts asked of an unconditional model.
+        ConfigError: a job too large for the limits (see `check_size`).
     """
     _class_segments(gen, model_cfg, class_names_for(model_cfg, class_names))
     if gen.curation_threshold is not None and not model_cfg.conditional:
@@ -254,6 +259,49 @@ def validate_request(gen: GenerateConfig, model_cfg: VAEConfig, class_names: lis
     asked = gen.num_samples + sum(gen.per_class.values()) + gen.variants_per_image + gen.interpolations
     if asked <= 0:
         raise PipelineError(_NOTHING)
+    known = gen.num_samples + sum(gen.per_class.values()) + gen.interpolations * gen.interpolation_steps
+    check_size(known, gen, model_cfg)
+
+
+def check_size(rows: int, gen: GenerateConfig, model_cfg: VAEConfig) -> None:
+    """Refuse a job whose size would exhaust memory or storage before anything is allocated.
+
+    Args:
+        rows: the job's rows (or those known so far).
+        gen: the settings (`shard_size`, `batch_size`).
+        model_cfg: the model (latent size and image shape).
+
+    Raises:
+        ConfigError: more than `MAX_ROWS` rows or `MAX_SHARDS` shards, a shard's latents above
+            `MAX_SHARD_LATENTS`, or a decoder batch above `MAX_BATCH_VALUES` (each names the fix).
+    """
+    if rows > MAX_ROWS:
+        raise ConfigError(
+            f"the job asks for {rows:_} rows, more than the {MAX_ROWS:_} one job may write: lower "
+            "generate.num_samples / per_class / variants_per_image / interpolations, or split the work "
+            "into several jobs"
+        )
+    shards = -(-rows // gen.shard_size)
+    if shards > MAX_SHARDS:
+        need = -(-rows // MAX_SHARDS)
+        raise ConfigError(
+            f"generate.shard_size={gen.shard_size} cuts {rows:_} rows into {shards:_} files, more than "
+            f"{MAX_SHARDS:_}: raise generate.shard_size to at least {need}"
+        )
+    latents = min(gen.shard_size, rows) * model_cfg.latent_dim
+    if latents > MAX_SHARD_LATENTS:
+        fit = max(1, MAX_SHARD_LATENTS // model_cfg.latent_dim)
+        raise ConfigError(
+            f"generate.shard_size={gen.shard_size} holds {latents:_} latent values per shard with this "
+            f"model's latent_dim={model_cfg.latent_dim}: lower generate.shard_size to {fit} or less"
+        )
+    values = gen.batch_size * int(np.prod(model_cfg.image_shape))
+    if values > MAX_BATCH_VALUES:
+        fit = max(1, MAX_BATCH_VALUES // int(np.prod(model_cfg.image_shape)))
+        raise ConfigError(
+            f"generate.batch_size={gen.batch_size} decodes {values:_} values at once for "
+            f"{'x'.join(map(str, model_cfg.image_shape))} images: lower generate.batch_size to {fit} or less"
+        )
 
 
 def make_plan(
@@ -277,6 +325,7 @@ def make_plan(
         PipelineError: nothing to generate, or an unknown class name (the message lists the valid ones).
         ModelError: per-class counts asked of an unconditional model.
         DataError: variants or interpolations without usable real data.
+        ConfigError: a job too large for the limits (see `check_size`).
     """
     names = class_names_for(model_cfg, class_names)
     conditional = model_cfg.conditional
@@ -292,6 +341,9 @@ def make_plan(
         if gen.variants_per_image > 0:
             n_var = len(data) if gen.variant_limit is None else min(gen.variant_limit, len(data))
             segments.append(Segment("variant", n_var * gen.variants_per_image))
+        interpolated = gen.interpolations * gen.interpolation_steps
+        # Before the pairs (interpolations x 2 integers) and the shards are allocated.
+        check_size(sum(s.rows for s in segments) + interpolated, gen, model_cfg)
         if gen.interpolations > 0:
             pairs = _choose_pairs(data, gen.interpolations, gen.seed, conditional)
             segments.append(Segment("interpolation", gen.interpolations * gen.interpolation_steps))
@@ -303,6 +355,7 @@ def make_plan(
     total = sum(s.rows for s in segments)
     if total <= 0:
         raise PipelineError(_NOTHING)
+    check_size(total, gen, model_cfg)
     return JobPlan(
         segments=segments,
         shards=_cut(segments, gen.shard_size),

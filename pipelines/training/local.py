@@ -13,7 +13,14 @@ from pipelines.data.imageset import ImageSet
 from pipelines.training.common import epoch_row, model_config_for
 from pipelines.training.export import TrainResult, export_trained_model
 from vae.model import VAE
-from vae.training import evaluate, iterate_batches, make_optimizer, train_epoch
+from vae.training import (
+    TrainingDivergedError,
+    check_finite_weights,
+    evaluate,
+    iterate_batches,
+    make_optimizer,
+    train_epoch,
+)
 
 
 def fit_local(
@@ -32,6 +39,9 @@ def fit_local(
 
     Returns:
         (model, history, export result or None).
+
+    Raises:
+        TrainingDivergedError: the loss or the weights became NaN or infinite (nothing is exported).
     """
     t = cfg.train
     torch.manual_seed(t.seed)
@@ -46,7 +56,11 @@ def fit_local(
             iterate_batches(train_set.images, train_set.labels, t.batch_size, True, shuffle)
             for _ in range(passes)
         )
-        train = train_epoch(model, optimizer, batches)
+        try:
+            train = train_epoch(model, optimizer, batches)
+            check_finite_weights(model, epoch)  # a last update that overflowed must not be exported
+        except TrainingDivergedError as exc:
+            raise exc.at(epoch=epoch) from None
         val = None
         if len(val_set):
             val = evaluate(model, iterate_batches(val_set.images, val_set.labels, 1024), seed=t.seed)

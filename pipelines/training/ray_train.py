@@ -47,7 +47,7 @@ from pipelines.training.preflight import (
     resolve_use_gpu,
     run_key,
 )
-from pipelines.training.worker import train_loop_per_worker
+from pipelines.training.worker import divergence_of, train_loop_per_worker
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +193,10 @@ def train_distributed(
     train_set, val_set = data.split(t.val_fraction, seed=t.seed)
     queue = Queue(actor_options={"num_cpus": 0})
     loop_config = {
-        "pipeline": cfg.to_dict(),
+        # Redacted: Ray keeps the loop config with the run and rank 0 stores it in every checkpoint,
+        # while the workers need no credentials (the data reaches them through Ray, metrics and
+        # checkpoints go to storage with the cluster's own credentials).
+        "pipeline": cfg.to_dict(redact=True),
         "model": model_cfg.to_dict(),
         "data": None,
         "has_val": len(val_set) > 0,
@@ -231,6 +234,9 @@ def train_distributed(
         with _relay(queue, handle):
             result = trainer.fit()
     except ray.train.TrainingFailedError as exc:
+        diverged = divergence_of(exc)
+        if diverged is not None:  # NaN/inf loss: a setting to change, not a run to resume
+            raise diverged from None
         cause = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         raise PipelineError(
             f"training run '{run_name}' failed ({cause}); re-run with the same config (or "

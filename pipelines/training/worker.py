@@ -36,12 +36,21 @@ from pipelines.training.checkpoint import load_checkpoint, restore_rng, save_che
 from pipelines.training.common import epoch_row
 from vae.config import VAEConfig
 from vae.model import VAE
-from vae.training import Batch, EpochMetrics, evaluate, make_optimizer, train_epoch
+from vae.training import (
+    Batch,
+    EpochMetrics,
+    TrainingDivergedError,
+    check_finite_weights,
+    evaluate,
+    make_optimizer,
+    train_epoch,
+)
 
 VAL_BATCH = 1024
 
 # Keys of the `config` dict the driver passes (see `ray_train.train_distributed`):
-#   pipeline: PipelineConfig.to_dict()      model: VAEConfig.to_dict() (num_classes resolved)
+#   pipeline: PipelineConfig.to_dict(redact=True) (no credentials: the train settings are what is read)
+#   model: VAEConfig.to_dict() (num_classes resolved)
 #   data: ObjectRef of {"train": (images, labels), "val": (images, labels)} numpy arrays, or None
 #         when the data streams through Ray Data ("train"/"val" dataset shards)
 #   has_val: whether there is a held-out split          metrics_uri: where rank 0 writes metrics.jsonl
@@ -190,6 +199,47 @@ def _worker_info(rank: int, device: torch.device, threads: int) -> list[dict[str
     return gathered
 
 
+def _train_checked(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: Iterator[Batch],
+    epoch: int,
+    autocast_dtype: torch.dtype | None,
+) -> EpochMetrics:
+    """`train_epoch`, stopped by a NaN/inf loss or weights with the epoch in the one-line error.
+
+    Raises:
+        TrainingDivergedError: the loss or the weights became non-finite during the epoch.
+    """
+    try:
+        train = train_epoch(model, optimizer, batches, autocast_dtype)
+        # DDP keeps the ranks' weights equal, so every rank stops here together (no rank is left
+        # waiting in a collective), before a checkpoint with NaN weights could be written.
+        check_finite_weights(model, epoch)
+    except TrainingDivergedError as exc:
+        raise exc.at(epoch=epoch) from None
+    return train
+
+
+def divergence_of(exc: BaseException) -> TrainingDivergedError | None:
+    """The workers' `TrainingDivergedError` inside Ray Train's wrappers (the run's failure, its worker
+    failures, their wrapped user errors and causes), or None when the run failed for another reason.
+
+    The driver raises it as is: a one-line `ConfigError` that no retry or resume can fix.
+    """
+    pending: list[BaseException] = [exc]
+    for _ in range(64):  # a few wrappers deep; bounded against cycles
+        if not pending:
+            return None
+        err = pending.pop(0)
+        if isinstance(err, TrainingDivergedError):
+            return err
+        nested = [getattr(err, "_base_exc", None), getattr(err, "cause", None), err.__cause__]
+        nested += list((getattr(err, "worker_failures", None) or {}).values())
+        pending += [e for e in nested if isinstance(e, BaseException)]
+    return None
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     """Train on this worker's shard for the remaining epochs, reporting and checkpointing each epoch.
 
@@ -238,7 +288,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     passes = int(config.get("passes", 1))
     for epoch in range(start_epoch + 1, t.epochs + 1):
         _seed_epoch(t.seed, epoch, rank)
-        train = train_epoch(model, optimizer, _epoch_batches(shards, t.seed, epoch, passes), autocast_dtype)
+        train = _train_checked(
+            model, optimizer, _epoch_batches(shards, t.seed, epoch, passes), epoch, autocast_dtype
+        )
         val = _evaluate_shard(model, shards.val_batches(), t.seed + rank) if has_val else None
         train, val = _reduce(train, val, device)
         row = epoch_row(epoch, train, val, train.samples_per_s)

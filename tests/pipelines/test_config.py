@@ -149,3 +149,39 @@ def test_explicit_output_dir_wins_and_survives_a_round_trip(tmp_path):
     assert saved["output_dir"] == cfg.output_dir
     saved["data"] = {"source": "digits"}
     assert config_from_dict(saved).output_dir == cfg.output_dir
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "train.lr=.inf",
+        "train.lr=.nan",
+        "train.weight_decay=.inf",
+        "train.stream_above_mb=.inf",
+        "model.beta=.inf",
+        "model.norm_mean=-.inf",
+        "generate.temperature=.inf",
+        "generate.variant_temperature=.nan",
+        "generate.curation_threshold=.nan",  # float | None
+        "report.synthetic_share=.nan",
+        "flow.retry_delay_seconds=.inf",
+    ],
+)
+def test_every_float_setting_must_be_finite(override):
+    """YAML's .inf/.nan pass "> 0" and ">= 0" checks: each float setting refuses them by name."""
+    key = override.split("=", 1)[0]
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [override])
+    message = str(info.value)
+    assert message.startswith(f"{key}=") and "finite" in message and "\n" not in message
+
+
+def test_non_finite_floats_are_refused_from_yaml_and_saved_configs_too(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text("train:\n  lr: .inf\n")
+    with pytest.raises(ConfigError, match=r"^train\.lr=inf: give a finite number"):
+        load_config(path)
+    data = load_config().to_dict()
+    data["generate"]["temperature"] = float("nan")
+    with pytest.raises(ConfigError, match=r"^generate\.temperature=nan"):
+        config_from_dict(data)

@@ -127,3 +127,72 @@ def test_an_uncommitted_dataset_is_refused(committed, tmp_path):
     (tmp_path / "ds" / MARKER).unlink()
     with pytest.raises(DataError, match="incomplete"):
         dataset_description(str(tmp_path / "ds"))
+
+
+# ------------------------------------------------------------------------------ damaged files
+def _damaged_copy(committed: Path, dst: Path, damage: dict[int, Any]) -> tuple[str, list[Path]]:
+    """A copy of the dataset whose shard i is rewritten by `damage[i](bytes)`; its shards in order."""
+    shutil.copytree(committed, dst)
+    manifest = json.loads((dst / MANIFEST).read_text())
+    shards = [dst / f["path"] for f in manifest["files"]]
+    for index, edit in damage.items():
+        shards[index].write_bytes(edit(shards[index].read_bytes()))
+    return str(dst), shards
+
+
+def _truncate(blob: bytes) -> bytes:
+    return blob[: len(blob) // 2]
+
+
+def _garble_footer(blob: bytes) -> bytes:
+    """Same size, same trailing length and magic: only the footer's Thrift bytes are overwritten."""
+    return blob[:-60] + b"\xff" * 52 + blob[-8:]
+
+
+def _garble_pages(blob: bytes) -> bytes:
+    """Same size, intact footer: the first data page (right after the leading magic) is overwritten."""
+    return blob[:4] + b"\xff" * 64 + blob[68:]
+
+
+def _inspect(path: str, capsys) -> tuple[int, str]:
+    from pipelines.cli import main
+
+    code = main(["inspect", path])
+    return code, capsys.readouterr().err.strip()
+
+
+def test_a_truncated_second_shard_is_not_called_healthy(committed, tmp_path, capsys):
+    path, shards = _damaged_copy(committed, tmp_path / "ds", {1: _truncate})
+    with pytest.raises(DataError) as info:
+        dataset_description(path)
+    text = str(info.value)
+    assert "\n" not in text and shards[1].name in text and "re-run the generation" in text
+    code, err = _inspect(path, capsys)
+    assert code == 2 and len(err.splitlines()) == 1 and shards[1].name in err
+
+
+@pytest.mark.parametrize("damage", [_garble_footer, _truncate], ids=["garbled-footer", "truncated"])
+def test_a_damaged_first_shard_is_one_line_not_a_traceback(committed, tmp_path, capsys, damage):
+    path, shards = _damaged_copy(committed, tmp_path / "ds", {0: damage})
+    code, err = _inspect(path, capsys)
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert shards[0].name in err and "Traceback" not in err
+
+
+def test_every_file_with_a_broken_footer_is_listed(committed, tmp_path):
+    path, shards = _damaged_copy(committed, tmp_path / "ds", {1: _garble_footer, 3: _garble_footer})
+    with pytest.raises(DataError) as info:
+        dataset_description(path)
+    text = str(info.value)
+    assert "damaged (2 file(s))" in text and "\n" not in text
+    assert f"{shards[1].name} has no readable Parquet footer" in text and shards[3].name in text
+    assert shards[0].name not in text and shards[2].name not in text
+
+
+def test_damaged_pages_behind_an_intact_footer_are_one_line(committed, tmp_path, capsys):
+    path, shards = _damaged_copy(committed, tmp_path / "ds", {0: _garble_pages})
+    with pytest.raises(DataError, match=r"cannot read the first rows of .*part-00000") as info:
+        dataset_description(path)
+    assert "\n" not in str(info.value) and "re-run the generation" in str(info.value)
+    code, err = _inspect(path, capsys)
+    assert code == 2 and len(err.splitlines()) == 1

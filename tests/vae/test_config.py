@@ -34,6 +34,25 @@ INVALID = [
     pytest.param({"num_classes": 0}, "num_classes", id="num_classes-0"),
     pytest.param({"norm_std": 0.0}, "norm_std", id="norm_std-0"),
     pytest.param({"norm_std": math.nan}, "norm_std", id="norm_std-nan"),
+    # Non-finite floats pass a plain ">= 0" / "> 0" check: each must be refused by name.
+    pytest.param({"beta": math.inf}, "beta", id="beta-inf"),
+    pytest.param({"norm_std": math.inf}, "norm_std", id="norm_std-inf"),
+    pytest.param({"norm_mean": math.inf}, "norm_mean", id="norm_mean-inf"),
+    pytest.param({"norm_mean": math.nan}, "norm_mean", id="norm_mean-nan"),
+    # Sizes beyond the bounds would allocate terabytes before any weight is checked.
+    pytest.param({"latent_dim": 2_000_000_000}, "latent_dim", id="latent_dim-2e9"),
+    pytest.param({"latent_dim": 5.5}, "latent_dim", id="latent_dim-float"),
+    pytest.param({"latent_dim": True}, "latent_dim", id="latent_dim-bool"),
+    pytest.param({"channels": 1.0}, "channels", id="channels-float"),
+    pytest.param({"image_size": (8, 100_000)}, "image_size", id="image_size-huge"),
+    pytest.param({"image_size": (8.5, 8)}, "image_size", id="image_size-fraction"),
+    pytest.param({"image_size": "big"}, "image_size", id="image_size-text"),
+    pytest.param({"hidden_channels": (8, 1_000_000)}, "hidden_channels", id="hidden_channels-wide"),
+    pytest.param({"hidden_channels": (8,) * 13}, "hidden_channels", id="hidden_channels-deep"),
+    pytest.param({"hidden_channels": ("a",)}, "hidden_channels", id="hidden_channels-text"),
+    pytest.param({"num_classes": 50_001}, "num_classes", id="num_classes-50001"),
+    pytest.param({"num_classes": 2.5}, "num_classes", id="num_classes-float"),
+    pytest.param({"num_classes": 10_000, "latent_dim": 512}, "latent_dim", id="fitted-prior-too-big"),
 ]
 
 VALID = [
@@ -48,6 +67,8 @@ VALID = [
         id="mse-linear-norm",
     ),
     pytest.param({"recon_loss": "mse", "output_activation": "sigmoid", "num_classes": 2}, id="mse-sigmoid"),
+    pytest.param({"num_classes": 10_000, "latent_dim": 512, "latent_prior": "standard"}, id="max-classes"),
+    pytest.param({"image_size": (4096, 8), "latent_dim": 4096, "latent_prior": "standard"}, id="max-sizes"),
 ]
 
 
@@ -129,3 +150,12 @@ def test_derived_properties(overrides: dict, shape: tuple, conditional: bool) ->
 
 def test_every_activation_has_a_documented_range() -> None:
     assert set(ACTIVATION_RANGES) == {"sigmoid", "tanh", "linear"}
+
+
+def test_bound_errors_are_one_line_with_the_limit() -> None:
+    with pytest.raises(ConfigError) as info:
+        VAEConfig(latent_dim=2_000_000_000)
+    assert str(info.value) == "model.latent_dim=2000000000: must be an integer in 1..4096"
+    with pytest.raises(ConfigError, match=r"latent_prior=standard") as info:
+        VAEConfig(num_classes=10_000, latent_dim=512)
+    assert "\n" not in str(info.value)

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import pickle
 import struct
+import time
 import uuid
 from pathlib import Path
 
@@ -209,6 +211,10 @@ class StorageTesterMixin:
         [
             pytest.param(lambda d: d["model"].update(latnet_dim=3), "latnet_dim", id="unknown-model-key"),
             pytest.param(lambda d: d["model"].update(latent_dim=0), "latent_dim", id="invalid-value"),
+            pytest.param(
+                lambda d: d["model"].update(latent_dim=2_000_000_000), "latent_dim", id="latent_dim-2e9"
+            ),
+            pytest.param(lambda d: d["model"].update(beta=math.inf), "beta", id="beta-infinity"),
             pytest.param(lambda d: d["model"].update(output_activation="tanh"), "bce", id="bce+tanh"),
             pytest.param(lambda d: d.pop("model"), "corrupt", id="no-model-section"),
             pytest.param(lambda d: d.update(model=[1, 2]), "corrupt", id="model-not-a-dict"),
@@ -254,6 +260,30 @@ class StorageTesterMixin:
         save_model(make_vae(), path)
         self.edit_config(path, lambda d: d["model"].update(change))
         with pytest.raises(ModelFileError, match="do not fit"):
+            load_model(path)
+
+    def test_a_config_far_larger_than_its_weights_fails_before_allocating(self, make_vae, path: str) -> None:
+        """Sizes within the bounds that would still need ~300 TB: the shapes are compared first."""
+        save_model(make_vae(), path)
+        huge = {"latent_dim": 4096, "image_size": [4096, 4096], "hidden_channels": [4096]}
+        self.edit_config(path, lambda d: d["model"].update(huge, latent_prior="standard"))
+        start = time.perf_counter()
+        with pytest.raises(ModelFileError, match="do not fit its config") as info:
+            load_model(path)
+        assert time.perf_counter() - start < 10
+        assert "\n" not in str(info.value) and "re-save the model" in str(info.value)
+
+    def test_prior_buffers_of_another_shape(self, make_vae, path: str) -> None:
+        model = make_vae(num_classes=3)
+        save_model(model, path)
+        state = safetensors_load(self.read(path, WEIGHTS_FILE))
+        state["prior_scale_tril"] = torch.eye(LATENT + 1).repeat(3, 1, 1)
+        blob = safetensors_save(state)
+        self.write(path, WEIGHTS_FILE, blob)
+        self.edit_config(path, lambda d: d.update(weights_sha256=hashlib.sha256(blob).hexdigest()))
+        with pytest.raises(
+            ModelFileError, match=r"prior_scale_tril is \(3, 6, 6\), the config needs \(3, 5, 5\)"
+        ):
             load_model(path)
 
     @pytest.mark.parametrize(

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import math
+import pickle
 import time
 
 import pytest
 import torch
 from torch import nn
 
+from vae.config import ConfigError
 from vae.model import VAE
 from vae.ranges import to_model_range, to_unit_range
 from vae.training import (
+    Divergence,
     EpochMetrics,
+    TrainingDivergedError,
+    check_finite_weights,
     eval_step,
     evaluate,
     iterate_batches,
@@ -310,3 +315,53 @@ def test_train_step_through_a_wrapper(make_vae, batch) -> None:
     metrics = train_step(_DDPLike(model), make_optimizer(model), *batch)
     assert set(metrics) == KEYS
     assert set(eval_step(_DDPLike(model), *batch)) == KEYS
+
+
+# ============================================================================ divergence
+def test_a_non_finite_loss_stops_before_the_update(make_vae, batch) -> None:
+    """An inf learning rate: step 1 (finite loss) ruins the weights, step 2 refuses its nan loss and
+    leaves the weights as they were; run_epoch adds the step."""
+    model = make_vae(num_classes=10)
+    optimizer = make_optimizer(model, lr=math.inf)
+    x, y = batch
+    train_step(model, optimizer, x, y)
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(TrainingDivergedError) as info:
+        run_epoch(lambda xb, yb: train_step(model, optimizer, xb, yb), [(x, y), (x, y)])
+    after = list(model.parameters())
+    assert all(_same(a, b) for a, b in zip(before, after, strict=True))
+    error = info.value
+    assert isinstance(error, ConfigError) and error.divergence.step == 1
+    assert str(error).startswith("training loss became nan") and "at step 1: lower train.lr (now inf)" in str(
+        error
+    )
+    assert "\n" not in str(error)
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return bool(((a == b) | (a.isnan() & b.isnan())).all())
+
+
+def test_divergence_gains_its_epoch_and_survives_pickling() -> None:
+    """Ray pickles a worker's error to the driver: it must come back whole, epoch and all."""
+    error = TrainingDivergedError(
+        Divergence("loss", {"loss": math.inf, "recon": 1.0, "kl": math.inf}, lr=0.5)
+    )
+    located = error.at(step=7).at(epoch=3, step=99)  # known values are kept
+    again = pickle.loads(pickle.dumps(located))
+    assert type(again) is TrainingDivergedError and str(again) == str(located)
+    assert str(again) == (
+        "training loss became inf (loss inf, recon 1, kl inf) at epoch 3 step 7: lower train.lr (now 0.5), "
+        "or check the data for extreme values; no model was saved"
+    )
+
+
+def test_check_finite_weights(make_vae) -> None:
+    model = make_vae()
+    check_finite_weights(model, epoch=1)  # a fresh model is fine
+    with torch.no_grad():
+        next(model.parameters())[0].fill_(math.inf)
+    with pytest.raises(
+        TrainingDivergedError, match=r"^the model's weights became nan or infinite at epoch 4"
+    ):
+        check_finite_weights(model, epoch=4)

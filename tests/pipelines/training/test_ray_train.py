@@ -280,3 +280,17 @@ def test_gpu_nccl_bf16(ray_session, tmp_path: Path) -> None:
     assert result.autocast == "torch.bfloat16"
     assert result.workers[0]["device"].startswith("cuda")
     assert result.final["val_loss"] < result.history[0]["val_loss"] or len(result.history) == 1
+
+
+@pytest.mark.slow
+def test_a_diverging_run_is_one_config_error_and_exports_nothing(ray_session, tmp_path: Path) -> None:
+    """A nan loss on a worker reaches the driver as that worker's one-line `ConfigError` (not "resume
+    the run", which would diverge again), and no model is exported."""
+    from vae.training import TrainingDivergedError
+
+    with pytest.raises(TrainingDivergedError) as info:
+        train_distributed(make_cfg(tmp_path, lr=10.0))
+    text = str(info.value)
+    assert isinstance(info.value, ConfigError) and "\n" not in text
+    assert text.startswith("training loss became") and "at epoch 1 step" in text and "lower train.lr" in text
+    assert not (tmp_path / "out" / "model").exists()
