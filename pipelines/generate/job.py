@@ -39,10 +39,10 @@ from pipelines.generate.commit import (
     OutputTarget,
     commit,
     join,
-    prepare_output,
     redact_url,
     resolve_output,
     verify_files,
+    writing,
 )
 from pipelines.generate.fanout import run_local, run_on_ray
 from pipelines.generate.plan import (
@@ -377,6 +377,60 @@ def _write_preview(target: OutputTarget, stats: list[ShardStats], plan: JobPlan)
     return PREVIEW
 
 
+@dataclass
+class _Run:
+    """What `_write_and_commit` needs from the checks and the plan."""
+
+    cfg: PipelineConfig
+    plan: JobPlan
+    job: JobSpec
+    judging: Judging
+    model: Any
+    model_dir: str
+    model_opts: dict[str, Any]
+    sources: Any
+    info: Any  # ClusterInfo, or None: write in this process
+    provenance: dict[str, Any]
+    seed_source: str
+    progress: bool
+
+
+def _write_and_commit(run: _Run, target: OutputTarget):
+    """Write every shard (on Ray or here), check them, measure, and commit under the lease.
+
+    Returns:
+        (stats, actors, start-up s, seconds, manifest, manifest URL, usefulness report or None).
+    """
+    cfg, plan, job = run.cfg, run.plan, run.job
+    created_at = datetime.now(UTC).isoformat(timespec="seconds")
+    t_start = time.perf_counter()
+    with _progress(plan.total_rows, run.progress) as bar:
+        if run.info is not None:
+            stats, n_actors, startup = run_on_ray(
+                cfg, run.info, plan, job, target, run.model_dir, run.model_opts, run.sources, bar
+            )
+        else:
+            writer = ShardWriter.in_process(
+                run.model, job, run.sources, target.fs, target.root, run.judging.judge
+            )
+            stats, n_actors, startup = run_local(plan, writer, bar), 0, 0.0
+    verify_files(target, stats)
+    with console.stage("usefulness report") as stage:
+        report, why_not = _measure(cfg, run.judging, target, stats, plan.total_rows)
+        stage.note(
+            f"{report.verdict}, gain {100 * report.gain:+.1f} points" if report else f"skipped: {why_not}"
+        )
+    manifest = _manifest(
+        cfg, plan, job, run.provenance, stats, run.model, run.model_dir, created_at, run.seed_source
+    )
+    manifest["preview"] = _write_preview(target, stats, plan)
+    manifest["curation"] = _curation_summary(cfg, plan, stats)
+    manifest["usefulness"] = report.to_dict() if report is not None else {"skipped": why_not}
+    manifest_path = commit(target, manifest, dataset_card(manifest))
+    seconds = time.perf_counter() - t_start - startup
+    return stats, n_actors, startup, seconds, manifest, manifest_path, report
+
+
 def generate(
     cfg: PipelineConfig,
     model_dir: str | None = None,
@@ -413,7 +467,9 @@ def generate(
     model, meta = _load_model(model_dir, model_opts)
     class_names = class_names_for(model.cfg, meta.get("extra", {}).get("class_names"))
     validate_request(g, model.cfg, class_names)
-    target = resolve_output(cfg.dataset_dir, g.if_exists, g.storage_options)
+    resolve_output(
+        cfg.dataset_dir, g.if_exists, g.storage_options
+    )  # fail before any work; again under the lease
     curate = g.curation_threshold is not None
     data = _real_data(cfg, model, data, needs_real_data(g) or curate)
     plan = make_plan(g, model.cfg, class_names, data)
@@ -425,29 +481,10 @@ def generate(
         from pipelines.raycluster import ensure_ray
 
         info = ensure_ray(cfg.ray)
-    prepare_output(target)
-    created_at = datetime.now(UTC).isoformat(timespec="seconds")
-    t_start = time.perf_counter()
-    with _progress(plan.total_rows, progress) as bar:
-        if info is not None:
-            stats, n_actors, startup = run_on_ray(
-                cfg, info, plan, job, target, model_dir, model_opts, sources, bar
-            )
-        else:
-            writer = ShardWriter.in_process(model, job, sources, target.fs, target.root, judging.judge)
-            stats, n_actors, startup = run_local(plan, writer, bar), 0, 0.0
-    verify_files(target, stats)
-    with console.stage("usefulness report") as stage:
-        report, why_not = _measure(cfg, judging, target, stats, plan.total_rows)
-        stage.note(
-            f"{report.verdict}, gain {100 * report.gain:+.1f} points" if report else f"skipped: {why_not}"
-        )
-    manifest = _manifest(cfg, plan, job, provenance, stats, model, model_dir, created_at, seed_source)
-    manifest["preview"] = _write_preview(target, stats, plan)
-    manifest["curation"] = _curation_summary(cfg, plan, stats)
-    manifest["usefulness"] = report.to_dict() if report is not None else {"skipped": why_not}
-    manifest_path = commit(target, manifest, dataset_card(manifest))
-    seconds = time.perf_counter() - t_start - startup
+    with writing(cfg.dataset_dir, g.if_exists, g.storage_options) as target:  # the writer's lease
+        run = _Run(cfg, plan, job, judging, model, model_dir, model_opts, sources, info, provenance,
+                   seed_source, progress)  # fmt: skip
+        stats, n_actors, startup, seconds, manifest, manifest_path, report = _write_and_commit(run, target)
     log.info("committed %d rows to %s in %.1f s", manifest["rows"], redact_url(target.url), seconds)
     if target.version is not None:
         log.info(

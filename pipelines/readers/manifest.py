@@ -1,12 +1,13 @@
-"""Opening a committed synthetic dataset: the `_SUCCESS` check, its manifest, and the `_LATEST`
-pointer of a directory of versions."""
+"""Opening a committed synthetic dataset: the `_SUCCESS` check, its manifest, the `_LATEST` pointer
+of a directory of versions, and the data files checked against the manifest (sizes always,
+checksums on request)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import fsspec
 from fsspec import AbstractFileSystem
@@ -79,24 +80,33 @@ class SyntheticManifest:
         return fs, root.rstrip("/") or root
 
 
-def open_dataset(path: str, storage_options: dict[str, Any] | None = None) -> SyntheticManifest:
-    """Open a synthetic dataset, refusing one that is not committed.
+Verify = Literal["size", "sha256", "none"]
+
+
+def open_dataset(
+    path: str, storage_options: dict[str, Any] | None = None, verify: Verify = "size"
+) -> SyntheticManifest:
+    """Open a synthetic dataset, refusing one that is not committed or whose files do not match.
 
     `path` is a dataset directory, or a directory of versions (written with
-    `generate.if_exists=new_version`): its `_LATEST` pointer is followed to the newest committed
-    version, whose URL the returned manifest carries (`path/vN` opens version N itself).
+    `generate.if_exists=new_version` or `overwrite`): its `_LATEST` pointer is followed to the
+    committed version it names, whose URL the returned manifest carries (`path/vN` opens version N
+    itself).
 
     Args:
         path: the dataset directory (local path or fsspec URL: s3://, gs://, memory://...).
         storage_options: fsspec options (credentials are taken from the environment/profile otherwise).
+        verify: "size" (default: one listing; every file must have the manifest's size), "sha256"
+            (also read every file and compare its checksum: slow on large sets), or "none".
 
     Returns:
         The dataset's `SyntheticManifest`.
 
     Raises:
         DataError: nothing at `path`, no `_SUCCESS` marker (incomplete: the writing job did not
-            finish), a manifest that does not match the marker, or a `_LATEST` pointer that is
-            unreadable or names a version that is missing, uncommitted or not the one it recorded.
+            finish), a manifest that does not match the marker, a data file missing or unlike the
+            manifest, or a `_LATEST` pointer that is unreadable or names a version that is missing,
+            uncommitted or not the one it recorded.
     """
     opts = dict(storage_options or {})
     shown = redact_url(path)
@@ -104,20 +114,64 @@ def open_dataset(path: str, storage_options: dict[str, Any] | None = None) -> Sy
         fs, root = fsspec.core.url_to_fs(path, **opts)
         root = root.rstrip("/") or root
         fs.invalidate_cache(root)
-        has_marker = fs.exists(join(root, MARKER))
-        has_latest = not has_marker and fs.exists(join(root, LATEST))
+        # The pointer first: an "overwrite" of an unversioned dataset names its new version before
+        # it deletes the old root files.
+        has_latest = fs.exists(join(root, LATEST))
+        has_marker = not has_latest and fs.exists(join(root, MARKER))
         versions = [] if has_marker or has_latest else list_versions(fs, root)
     except (ImportError, ValueError, TypeError, OSError) as exc:
         raise DataError(f"cannot open the synthetic dataset {shown!r}: {exc}") from None
     if has_latest:
-        return _follow_latest(fs, root, path, opts)
+        manifest = _follow_latest(fs, root, path, opts)
+        verify_dataset_files(manifest, verify)
+        return manifest
     if versions:
         raise DataError(
             f"{shown!r} holds versions ({', '.join(versions[-3:])}) but no {LATEST} pointer to the newest "
             f"committed one: open one directly ({join(shown, versions[-1])!r}), or run with "
             "generate.if_exists=new_version to add a version and the pointer"
         )
-    return _open_committed(fs, root, path, opts)
+    manifest = _open_committed(fs, root, path, opts)
+    verify_dataset_files(manifest, verify)
+    return manifest
+
+
+def verify_dataset_files(manifest: SyntheticManifest, verify: Verify = "size") -> None:
+    """Check the data files against the manifest: present, of the recorded size, and (for
+    "sha256") of the recorded checksum.
+
+    Raises:
+        DataError: one line naming the first file that does not match, and the fix.
+    """
+    if verify == "none":
+        return
+    fs, root = manifest.filesystem()
+    shown = redact_url(manifest.url)
+    fix = "the dataset was changed or damaged after its commit; re-run the generation"
+    sizes: dict[str, int] = {}
+    for directory in sorted(
+        {f["path"].rsplit("/", 1)[0] for f in manifest.data["files"] if "/" in f["path"]}
+    ):
+        fs.invalidate_cache(join(root, directory))
+        try:
+            entries = fs.ls(join(root, directory), detail=True)
+        except (FileNotFoundError, NotADirectoryError):
+            entries = []
+        sizes.update({f"{directory}/{e['name'].rstrip('/').rsplit('/', 1)[-1]}": int(e.get("size") or 0)
+                      for e in entries})  # fmt: skip
+    for f in manifest.data["files"]:
+        rel, want = f["path"], int(f["bytes"])
+        have = sizes.get(rel)
+        if have is None:
+            raise DataError(f"{rel} of the synthetic dataset {shown!r} is missing: {fix}")
+        if have != want:
+            raise DataError(
+                f"{rel} of the synthetic dataset {shown!r} has {have} bytes, its manifest says {want}: {fix}"
+            )
+        if verify == "sha256" and hashlib.sha256(fs.cat_file(join(root, rel))).hexdigest() != f["sha256"]:
+            raise DataError(
+                f"{rel} of the synthetic dataset {shown!r} does not match its manifest's sha256: {fix}"
+            )
 
 
 def _follow_latest(fs: AbstractFileSystem, root: str, path: str, opts: dict[str, Any]) -> SyntheticManifest:
@@ -183,4 +237,4 @@ def _open_committed(fs: AbstractFileSystem, root: str, path: str, opts: dict[str
     return SyntheticManifest(url=path, storage_options=opts, data=data)
 
 
-__all__ = ["SyntheticManifest", "open_dataset"]
+__all__ = ["SyntheticManifest", "Verify", "open_dataset", "verify_dataset_files"]

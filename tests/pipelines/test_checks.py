@@ -66,11 +66,12 @@ def test_existing_committed_dataset_with_if_exists_error_is_refused_untouched(tm
 
 
 def test_overwrite_accepts_the_committed_dataset_without_removing_it(tmp_path):
-    """`if_exists=overwrite` passes the check, but the old dataset is only removed later, by the job."""
+    """`if_exists=overwrite` passes the check, but the old dataset is only removed later, by the job
+    (after its own version is committed)."""
     cfg = _cfg(tmp_path, "generate.if_exists=overwrite")
     commit_dataset(cfg.dataset_dir)
     before = _files(tmp_path)
-    assert check_job(cfg).dataset_dir == cfg.dataset_dir
+    assert check_job(cfg).dataset_dir == f"{cfg.dataset_dir}/v1"
     assert _files(tmp_path) == before
 
 
@@ -112,3 +113,25 @@ def test_checking_a_new_version_output_does_not_take_the_version(tmp_path):
     first = check_job(cfg).dataset_dir
     assert check_job(cfg).dataset_dir == first == f"{out}/v1"
     assert resolve_output(cfg.dataset_dir, "new_version").url == first
+
+
+@pytest.mark.parametrize("command", ["train", "generate"])
+def test_output_dir_that_is_a_file_is_one_line_from_every_command(tmp_path, capsys, command):
+    """`vaeaug train` and `generate` write config.yaml before any check ran: a file there was a
+    FileExistsError traceback. Now: one line naming output_dir, exit 2, the file untouched.
+    (`vaeaug run` goes through `check_job`, above.)"""
+    from pipelines.cli import main
+
+    blocker = tmp_path / "job"
+    blocker.write_text("not a folder")
+    code = main([command, f"output_dir={blocker}", "train.backend=local"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert f"output_dir '{blocker}' is not writable (it is a file, not a folder)" in err
+    assert blocker.read_text() == "not a folder"
+
+
+def test_generate_only_checks_refuse_a_file_as_output_dir(tmp_path):
+    (tmp_path / "job").write_text("not a folder")
+    with pytest.raises(StorageError, match=r"^output_dir '.*job' is not writable \(it is a file"):
+        check_job(_cfg(tmp_path), train=False)

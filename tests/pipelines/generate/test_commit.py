@@ -63,12 +63,17 @@ def test_existing_dataset_is_not_clobbered(tmp_path, cond_model):
     assert snapshot(out) == before
 
 
-def test_overwrite_replaces_every_old_file(tmp_path, cond_model):
+def test_overwrite_swaps_to_a_new_version_then_removes_every_old_file(tmp_path, cond_model):
     out = tmp_path / "ds"
-    run_local(out, cond_model, num_samples=60)  # 4 shards
+    run_local(out, cond_model, num_samples=60)  # 4 shards, unversioned at the root
     res = run_local(out, cond_model, num_samples=20, if_exists="overwrite")  # 2 shards
-    assert sorted(p.name for p in (out / "data").iterdir()) == [Path(f).name for f in res.files]
+    assert (res.version, res.dataset_dir) == ("v1", f"{out}/v1")
+    assert sorted(p.name for p in out.iterdir()) == ["_LATEST", "v1"]  # the old files went after the commit
+    assert sorted(p.name for p in (out / "v1" / "data").iterdir()) == [Path(f).name for f in res.files]
     assert open_dataset(str(out)).rows == 20
+    again = run_local(out, cond_model, num_samples=30, if_exists="overwrite")
+    assert again.version == "v2" and sorted(p.name for p in out.iterdir()) == ["_LATEST", "v2"]
+    assert open_dataset(str(out)).rows == 30
 
 
 def test_leftover_uncommitted_dataset_is_refused_then_cleaned(tmp_path, cond_model):

@@ -84,7 +84,8 @@ def test_a_failed_preview_does_not_cost_the_dataset(tmp_path, cond_model, monkey
 def test_overwrite_replaces_the_preview(tmp_path, cond_model):
     _run(tmp_path / "ds", cond_model, num_samples=100)
     _run(tmp_path / "ds", cond_model, num_samples=0, per_class={"1": 3}, if_exists="overwrite")
-    assert Image.open(tmp_path / "ds" / "preview.png").size == (
+    assert not (tmp_path / "ds" / "preview.png").exists()  # the old one went with the old dataset
+    assert Image.open(tmp_path / "ds" / "v1" / "preview.png").size == (
         LABEL_W + (3 * (8 + PAD) + PAD) * SCALE,
         ROW_H,
     )

@@ -11,6 +11,7 @@ import pytest
 from pipelines.errors import StorageError
 from pipelines.generate import generate
 from pipelines.generate.commit import LATEST, LatestPointer, OutputTarget, open_fs, point_latest, read_latest
+from pipelines.generate.conditional import read_tagged
 from pipelines.readers import SyntheticDataset, open_dataset
 from tests.pipelines.generate.helpers import make_cfg, run_local, snapshot
 
@@ -58,16 +59,27 @@ def test_unversioned_dataset_refuses_new_version_until_moved_into_v1(tmp_path, c
     assert res.version == "v2" and open_dataset(str(out)).rows == 30 and open_dataset(f"{out}/v1").rows == 20
 
 
-@pytest.mark.parametrize("if_exists", ["error", "overwrite"])
-def test_a_directory_of_versions_refuses_error_and_overwrite(tmp_path, cond_model, if_exists):
+def test_a_directory_of_versions_refuses_error(tmp_path, cond_model):
     out = tmp_path / "ds"
     run_local(out, cond_model, num_samples=20, if_exists="new_version")
     before = snapshot(out)
-    with pytest.raises(
-        StorageError, match=rf"holds versions \(v1\).*if_exists={if_exists}.*new_version to add v2/"
-    ):
-        run_local(out, cond_model, num_samples=30, if_exists=if_exists)
+    with pytest.raises(StorageError, match=r"committed dataset already exists.*if_exists=overwrite"):
+        run_local(out, cond_model, num_samples=30)
     assert snapshot(out) == before
+    shutil.rmtree(out / "v1")  # versions but nothing committed: still not a place for an unversioned set
+    (out / LATEST).unlink()
+    (out / "v1").mkdir()
+    with pytest.raises(StorageError, match=r"holds versions \(v1\).*if_exists=error.*new_version to add v2/"):
+        run_local(out, cond_model, num_samples=30)
+
+
+def test_overwrite_of_versions_keeps_only_the_new_one(tmp_path, cond_model):
+    out = tmp_path / "ds"
+    run_local(out, cond_model, num_samples=20, if_exists="new_version")
+    run_local(out, cond_model, num_samples=20, if_exists="new_version")
+    res = run_local(out, cond_model, num_samples=10, if_exists="overwrite")
+    assert res.version == "v3" and sorted(p.name for p in out.iterdir()) == [LATEST, "v3"]
+    assert open_dataset(str(out)).rows == 10
 
 
 def test_a_failed_version_is_skipped_and_the_pointer_stays(tmp_path, cond_model):
@@ -76,8 +88,8 @@ def test_a_failed_version_is_skipped_and_the_pointer_stays(tmp_path, cond_model)
     shutil.copytree(out / "v1" / "data", out / "v2" / "data")  # v2: a run that died before its commit
     assert open_dataset(str(out)).url == f"{out}/v1"
     res = run_local(out, cond_model, num_samples=30, if_exists="new_version")
-    assert res.version == "v3" and open_dataset(str(out)).url == f"{out}/v3"
-    assert not (out / "v2" / "_SUCCESS").exists()  # left as it was: never reused
+    assert res.version == "v3" and open_dataset(str(out)).url == f"{out}/v3"  # v2's number is never reused
+    assert not (out / "v2").exists()  # a dead job's leftover: removed under the next job's lease
 
 
 def test_uncommitted_leftovers_at_the_root_are_cleaned(tmp_path, cond_model):
@@ -88,13 +100,17 @@ def test_uncommitted_leftovers_at_the_root_are_cleaned(tmp_path, cond_model):
     assert res.version == "v1" and sorted(p.name for p in out.iterdir()) == [LATEST, "v1"]
 
 
-def test_the_pointer_never_moves_back(tmp_path, cond_model):
+def test_the_pointer_moves_only_from_what_the_job_found(tmp_path, cond_model):
     out = tmp_path / "ds"
     run_local(out, cond_model, num_samples=20, if_exists="new_version")
-    run_local(out, cond_model, num_samples=30, if_exists="new_version")
     fs, root = open_fs(str(out))
-    late_v1 = OutputTarget(f"{out}/v1", fs, f"{root}/v1", base_url=str(out), base_root=root, version="v1")
-    assert not point_latest(late_v1, LatestPointer("v1", 20, "x"))  # v2 committed first: it stays
+    found_v1 = read_tagged(fs, f"{root}/{LATEST}")[1]
+    run_local(out, cond_model, num_samples=30, if_exists="new_version")
+    # A job that found v1 as the latest, and committed its version after v2 moved the pointer:
+    late = OutputTarget(f"{out}/v3", fs, f"{root}/v3", base_url=str(out), base_root=root, version="v3",
+                        latest_tag=found_v1)  # fmt: skip
+    with pytest.raises(StorageError, match="another job moved _LATEST.*v3 is complete but not the latest"):
+        point_latest(late, LatestPointer("v3", 20, "x"))
     assert read_latest(fs, root).version == "v2"
     assert not list(out.glob(".vaeaug-*"))  # no temporary file left
 
