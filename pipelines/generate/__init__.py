@@ -8,8 +8,27 @@ Modules by role: `plan` (job -> shard specs), `shard` (one shard -> one Parquet 
 `commit` (output checks, manifest, `_SUCCESS`), `card` (README.md), `job` (the driver).
 """
 
-from pipelines.generate.job import GenerateResult, generate
-from pipelines.generate.plan import JobPlan, ShardSpec, make_plan
-from pipelines.generate.shard import write_shard
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# Loaded on first use: the readers import `pipelines.generate.commit` (the dataset format) and must
+# not pull in the driver, torch and torchvision with it (a DataLoader worker imports the readers).
+_LAZY = {
+    "GenerateResult": "pipelines.generate.job",
+    "generate": "pipelines.generate.job",
+    "JobPlan": "pipelines.generate.plan",
+    "ShardSpec": "pipelines.generate.plan",
+    "make_plan": "pipelines.generate.plan",
+    "write_shard": "pipelines.generate.shard",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["GenerateResult", "JobPlan", "ShardSpec", "generate", "make_plan", "write_shard"]

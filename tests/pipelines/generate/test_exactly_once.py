@@ -23,7 +23,7 @@ from tests.pipelines.generate.helpers import run_local, snapshot
 
 ROOT = Path(__file__).resolve().parents[3]
 #: Long enough (a few seconds) that the two jobs overlap.
-BIG = {"num_samples": 3000, "shard_size": 100, "batch_size": 100}
+BIG = {"num_samples": 1200, "shard_size": 60, "batch_size": 60}
 REFUSED = r"being written by another job|committed dataset already exists"
 
 pytestmark = pytest.mark.slow
