@@ -151,7 +151,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     """The whole pipeline as a Prefect flow: check the job -> load data -> train (Ray Train) ->
     evaluate -> generate (Ray) and measure the set's usefulness -> validate and commit the dataset."""
     from pipelines.console import console
-    from pipelines.secrets import refuse_secret_parameters
+    from pipelines.redaction import refuse_secret_parameters
 
     refuse_secret_parameters(overrides=args.overrides, where="overrides")  # before the line echoing them
     given = " ".join(args.overrides) or "no overrides"

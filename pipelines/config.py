@@ -19,7 +19,7 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 import yaml
 
 from pipelines.data.config import URL_SOURCES, DataConfig
-from pipelines.secrets import redact_config
+from pipelines.redaction import redact_config
 from vae.config import ConfigError, VAEConfig
 
 
@@ -406,7 +406,7 @@ class PipelineConfig:
         """Plain JSON/YAML-ready dict (tuples as lists).
 
         Args:
-            redact: apply `pipelines.secrets.redact_config` (secret-looking values such as storage
+            redact: apply `pipelines.redaction.redact_config` (secret-looking values such as storage
                 options' keys, secrets and tokens become "<redacted>", URLs lose their user:password):
                 use it for anything written to files or logs.
         """
@@ -446,7 +446,7 @@ def absolute_local(path: str) -> str:
 
 
 def redact_secrets(options: Any) -> Any:
-    """Copy of `options` safe to store: `pipelines.secrets.redact_config` (kept for existing callers)."""
+    """Copy of `options` safe to store: `pipelines.redaction.redact_config` (kept for existing callers)."""
     return redact_config(options)
 
 

@@ -186,8 +186,8 @@ class Console:
 
 
 def _redact(text: str) -> str:
-    """`pipelines.secrets.redact_text`, imported on first use (this module stays stdlib-only)."""
-    from pipelines.secrets import redact_text
+    """`pipelines.redaction.redact_text`, imported on first use (this module stays stdlib-only)."""
+    from pipelines.redaction import redact_text
 
     return redact_text(text)
 

@@ -6,7 +6,7 @@ Every message names the problem and the fix, e.g.
 
 from __future__ import annotations
 
-from pipelines.secrets import redact_text
+from pipelines.redaction import redact_text
 from vae.config import ConfigError
 
 

@@ -24,7 +24,7 @@ from pipelines.config import PipelineConfig, load_config
 from pipelines.console import console
 from pipelines.data.imageset import ImageSet
 from pipelines.errors import USER_ERRORS
-from pipelines.secrets import redact_config, redact_overrides, secret_parameters_error
+from pipelines.redaction import redact_config, redact_overrides, secret_parameters_error
 from pipelines.training_cache import TrainingRecord, load_record, record_path, save_record, training_key
 
 FLOW_NAME = "vae-augmentation"

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipelines.console import console, quiet_prefect_console
 from pipelines.errors import PipelineError
-from pipelines.secrets import refuse_secret_parameters
+from pipelines.redaction import refuse_secret_parameters
 
 if TYPE_CHECKING:
     from pipelines.config import PipelineConfig

@@ -22,7 +22,7 @@ import yaml
 from pipelines.config import PipelineConfig
 from pipelines.errors import PipelineError
 from pipelines.raycluster import check_reachable
-from pipelines.secrets import find_secrets, redact_url
+from pipelines.redaction import find_secrets, redact_url
 
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 AGENT_WAIT_S = 120.0  # a head that just started may take a while before its job agent accepts jobs

@@ -8,7 +8,7 @@ from typing import Any
 
 from pipelines.config import load_config
 from pipelines.errors import PipelineError
-from pipelines.secrets import refuse_secret_parameters
+from pipelines.redaction import refuse_secret_parameters
 
 
 def deployment_parameters(config_path: str | None, overrides: list[str]) -> dict[str, Any]:

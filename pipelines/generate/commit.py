@@ -54,7 +54,7 @@ from pipelines.errors import StorageError
 from pipelines.generate.conditional import read_tagged, write_if
 from pipelines.generate.lease import LEASE, Lease, busy_error, current_holder
 from pipelines.generate.shard import DATA_DIR, ShardStats
-from pipelines.secrets import redact_url  # re-exported: the one redaction policy lives there
+from pipelines.redaction import redact_url  # re-exported: the one redaction policy lives there
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ A checkpoint is a local directory (Ray Train uploads it to `storage_path`):
 
 Nothing in it needs unpickling of arbitrary objects: tensors and plain containers only. Nothing in it
 holds credentials either: checkpoints are uploaded to `train.storage_path`, often a shared bucket,
-so the config is stored through `pipelines.secrets.redact_config`; resuming reads the weights, the
+so the config is stored through `pipelines.redaction.redact_config`; resuming reads the weights, the
 optimizer and RNG states and the history, never the stored config.
 """
 
@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipelines.secrets import redact_config
+from pipelines.redaction import redact_config
 from vae.io import load_model, save_model
 from vae.model import VAE
 from vae.training import unwrap

@@ -16,7 +16,7 @@ import yaml
 from pipelines.config import config_from_dict, load_config, redact_secrets
 from pipelines.console import Console
 from pipelines.errors import DataError, StorageError
-from pipelines.secrets import (
+from pipelines.redaction import (
     REDACTED,
     find_secrets,
     has_credentials,
