@@ -54,7 +54,8 @@ def _pid_alive(pid: int, started: str) -> bool:
         return False
     except PermissionError:  # exists, another user's
         return True
-    return not started or not _process_start(pid) or _process_start(pid) == started
+    now = _process_start(pid)
+    return not started or not now or now == started
 
 
 @dataclass(frozen=True)

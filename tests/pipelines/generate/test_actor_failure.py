@@ -9,7 +9,6 @@ import os
 import signal
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -19,29 +18,12 @@ from pipelines.generate import generate
 from pipelines.generate.commit import join
 from pipelines.readers import SyntheticManifest, open_dataset
 from tests.pipelines.generate.helpers import make_cfg
+from tests.pipelines.raykill import Killed, actors_of
 
 #: Many small shards: the job lasts seconds on 2 cores, so a kill after the first file lands mid-run.
 ROWS, SHARD_ROWS = 4000, 20
 ACTORS = 2
 WRITER_CLASS = "ShardWriter"
-
-
-def actors_of(class_name: str) -> dict[str, dict]:
-    """Every actor of `class_name` the session's GCS knows (alive or dead), by actor id.
-
-    The session Ray runs without a dashboard, so `ray.util.state` (served by it) is unavailable; the
-    GCS's own table has the same facts (class, state, pid).
-    """
-    import ray._private.state
-
-    return {k: v for k, v in ray._private.state.actors().items() if v["ActorClassName"] == class_name}
-
-
-@dataclass
-class Killed:
-    """What the killer thread did: the pid it killed, or None if the job ended first."""
-
-    pid: int | None = None
 
 
 def kill_a_writer_after_first_shard(output: Path, before: set[str], stop: threading.Event) -> Killed:

@@ -11,13 +11,13 @@ import re
 import signal
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from pipelines.config import PipelineConfig, config_from_dict
 from pipelines.training.ray_train import DistributedTrainResult, train_distributed
+from tests.pipelines.raykill import Killed, actors_of
 
 EPOCHS = 4
 #: Ray Train V2's worker actor class (ray/train/v2/_internal/execution/worker_group/worker.py).
@@ -48,24 +48,6 @@ def make_cfg(tmp: Path, workers: int) -> PipelineConfig:
             "output_dir": str(tmp / "out"),
         }
     )
-
-
-def actors_of(class_name: str) -> dict[str, dict]:
-    """Every actor of `class_name` the session's GCS knows (alive or dead), by actor id.
-
-    The session Ray runs without a dashboard, so `ray.util.state` (served by it) is unavailable; the
-    GCS's own table has the same facts (class, state, pid).
-    """
-    import ray._private.state
-
-    return {k: v for k, v in ray._private.state.actors().items() if v["ActorClassName"] == class_name}
-
-
-@dataclass
-class Killed:
-    """What the killer thread did: the pid it killed, or None if the run ended first."""
-
-    pid: int | None = None
 
 
 def _registered_checkpoint(storage: Path) -> bool:
