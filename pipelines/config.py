@@ -96,9 +96,13 @@ class TrainConfig:
         max_failures: worker failures tolerated before the run fails (-1: unlimited).
         storage_path: where runs and checkpoints live (local path, s3://, gs://).
         run_name: stable run name; re-running the same name resumes. None: derived from the config.
-        streaming: "auto" streams data through Ray Data when it is larger than `stream_above_mb`,
-            "always"/"never" force it.
-        stream_above_mb: size threshold for "auto".
+        streaming: how Ray Train gets a "folder" or "parquet" source (other sources, and
+            `backend="local"`, always load into memory). "auto" streams it from storage (the driver
+            lists the files, Ray Data reads and decodes each worker's shard) when it is larger than
+            `stream_above_mb`, on storage or decoded; "always"/"never" force it.
+            See `pipelines.data.stream`.
+        stream_above_mb: size threshold for "auto", in MB (the larger of the files' total size and
+            N x C x H x W x 4 bytes decoded, both known from the listing).
         cpus_per_worker: CPUs (and torch threads) per Ray Train worker; None: as many as the cluster
             can give every worker evenly.
         backend: "ray" (Ray Train, any number of workers) or "local" (this process, no Ray).

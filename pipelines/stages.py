@@ -11,8 +11,9 @@ import fsspec
 
 from pipelines.config import PipelineConfig, save_config
 from pipelines.console import console
-from pipelines.data import load_images, resolve_data_shape
+from pipelines.data import resolve_data_shape
 from pipelines.data.imageset import ImageSet, split_sizes
+from pipelines.data.stream import load_data_for
 from pipelines.errors import DataError
 from pipelines.evaluate import evaluate_saved_model
 from pipelines.training.common import format_epoch
@@ -35,19 +36,27 @@ def save_merged_config(cfg: PipelineConfig) -> str:
 
 
 def load_data(cfg: PipelineConfig) -> ImageSet:
-    """The seed images, converted to the model's size, channels and range.
+    """The seed images, converted to the model's size, channels and range: all of them, or a bounded
+    sample standing for a source the run streams (`pipelines.data.stream`).
 
     The size and channels the user left unset are inferred from the data first (`resolve_data_shape`,
     which updates `cfg.model`; a no-op when the caller already resolved them).
     """
     resolve_data_shape(cfg)
-    return load_images(cfg.data, cfg.model)
+    return load_data_for(cfg)
 
 
 def describe_data(cfg: PipelineConfig, data: ImageSet) -> str:
     """One line about the loaded data."""
     shape = "x".join(map(str, data.image_shape))
-    return f"data: {cfg.data.source}, {len(data)} images of {shape}, {data.num_classes} classes"
+    line = f"data: {cfg.data.source}, {data.source_size} images of {shape}, {data.num_classes} classes"
+    if data.stream is not None:
+        size = max(data.stream.index.nbytes, data.source_size * data.stream.index.image_bytes) / 1e6
+        line += (
+            f" ({size:.0f} MB: streamed to the workers by Ray Data; {len(data)} sampled for the "
+            "driver's reports)"
+        )
+    return line
 
 
 def train_stage(cfg: PipelineConfig, data: ImageSet | None = None, verbose: bool = True) -> TrainResult:
@@ -72,7 +81,7 @@ def train_stage(cfg: PipelineConfig, data: ImageSet | None = None, verbose: bool
         if verbose:
             console.line(describe_data(cfg, data))
     if verbose:
-        console.line(cfg.train.budget_line(split_sizes(len(data), cfg.train.val_fraction)[0]))
+        console.line(cfg.train.budget_line(split_sizes(data.source_size, cfg.train.val_fraction)[0]))
     on_epoch = epoch_printer(cfg.train.epochs) if verbose else None
     if cfg.train.backend == "local":
         from pipelines.training.local import fit_local
@@ -131,7 +140,7 @@ def usefulness_report_stage(
     model_dir = model_dir or cfg.model_dir
     meta = read_model_config(model_dir)
     model = load_model(model_dir)
-    data = load_images(cfg.data, model.cfg)  # in the model's own size and range
+    data = load_data_for(cfg, model.cfg)  # in the model's own size and range
     judging = prepare_judging(cfg, model, model_dir, {}, meta, data, curate=False)
     if judging.note is not None or judging.real is None or judging.judge is None:
         return None, judging.note

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
 import numpy as np
-import torch
 from fsspec import AbstractFileSystem
+from fsspec.implementations.local import LocalFileSystem
 
 from pipelines.data.config import DataConfig
 from pipelines.data.decode import (
@@ -12,12 +17,10 @@ from pipelines.data.decode import (
     IMAGE_EXTENSIONS,
     ImageDecodeError,
     ImageHeader,
-    decode_image,
     has_image_extension,
     read_header,
 )
 from pipelines.data.filesystems import display_name, first_line, is_hidden, open_root, relative
-from pipelines.data.imageset import ImageSet
 from pipelines.errors import DataError
 from vae.config import MAX_CLASSES
 
@@ -25,50 +28,8 @@ from vae.config import MAX_CLASSES
 _FETCH_BATCH = 256
 
 
-def load_folder(data: DataConfig, size: tuple[int, int], channels: int) -> ImageSet:
-    """Load `<path>/<class>/**/<file>.{png,jpg,jpeg}`; class names are the sorted subfolder names.
-
-    Args:
-        data: the data config (`path`, `storage_options`, `limit` are used).
-        size: target (H, W).
-        channels: target channels, 1 or 3.
-
-    Returns:
-        An `ImageSet` in [0, 1] (not yet in the model's range), ordered by class then path; ids are
-        the files' paths relative to `path` (e.g. "cat/001.png").
-
-    Raises:
-        DataError: missing path, no class subfolders, a class subfolder without images, no image
-            files, unreadable or corrupt file.
-    """
-    assert data.path is not None  # guaranteed by DataConfig
-    fs, class_names, files = list_folder(data)
-    labels = {name: i for i, name in enumerate(class_names)}
-
-    height, width = size
-    images = np.empty((len(files), channels, height, width), dtype=np.float32)  # (N, C, H, W)
-    for start in range(0, len(files), _FETCH_BATCH):
-        batch = files[start : start + _FETCH_BATCH]
-        blobs = fs.cat_ranges([full for _, full in batch], None, None, on_error="return")
-        for i, ((rel, _), blob) in enumerate(zip(batch, blobs, strict=True), start=start):
-            name = display_name(data.path, rel)
-            if isinstance(blob, BaseException):
-                raise _unreadable(name, blob)
-            try:
-                images[i] = decode_image(blob, size, channels)
-            except ImageDecodeError as exc:
-                raise _corrupt(name, exc) from None
-
-    return ImageSet(
-        images=torch.from_numpy(images),
-        labels=torch.tensor([labels[rel.split("/", 1)[0]] for rel, _ in files], dtype=torch.int64),
-        class_names=class_names,
-        ids=[rel for rel, _ in files],
-    )
-
-
 def list_folder(data: DataConfig) -> tuple[AbstractFileSystem, list[str], list[tuple[str, str]]]:
-    """The class names and image files `load_folder` loads (the first `data.limit` files).
+    """The class names and image files `load_listed` loads (the first `data.limit` files).
 
     Args:
         data: the data config (`path`, `storage_options`, `limit`).
@@ -80,21 +41,13 @@ def list_folder(data: DataConfig) -> tuple[AbstractFileSystem, list[str], list[t
     Raises:
         DataError: missing path, a file instead of a folder, no class subfolders, no image files.
     """
-    assert data.path is not None  # guaranteed by DataConfig
-    fs, root = open_root(data.path, data.storage_options)
-    if not fs.isdir(root):
-        raise DataError(
-            f"data.path {data.path!r} is a file, not a folder: give a folder with one subfolder per "
-            "class (or use data.source='parquet' for Parquet files)"
-        )
-    class_names, files = _scan(fs, root, data.path)
-    if data.limit is not None:
-        files = files[: data.limit]
-    return fs, class_names, files
+    fs, listing = scan_folder(data)
+    files = [(rel, f"{listing.root}/{rel}") for rel in listing.rels]
+    return fs, listing.class_names, files
 
 
 def folder_headers(data: DataConfig, max_images: int) -> list[ImageHeader]:
-    """Headers of at most `max_images` of the files `load_folder` loads, spread evenly (the first one
+    """Headers of at most `max_images` of the files `load_listed` loads, spread evenly (the first one
     included), reading only the first `HEADER_BYTES` of each file where that is enough.
 
     Args:
@@ -105,7 +58,7 @@ def folder_headers(data: DataConfig, max_images: int) -> list[ImageHeader]:
         One `ImageHeader` per inspected file, in load order.
 
     Raises:
-        DataError: as `load_folder` for a bad path, an unreadable or corrupt file.
+        DataError: as `load_listed` for a bad path, an unreadable or corrupt file.
     """
     assert data.path is not None  # guaranteed by DataConfig
     fs, _, files = list_folder(data)
@@ -127,26 +80,26 @@ def _header(fs: AbstractFileSystem, name: str, full: str, prefix: bytes | BaseEx
             return read_header(prefix)
         except ImageDecodeError as exc:
             if len(prefix) < HEADER_BYTES:  # that was the whole file
-                raise _corrupt(name, exc) from None
+                raise corrupt_image(name, exc) from None
     try:
         blob = fs.cat_file(full)
-    except Exception as exc:  # any backend error, as `cat_ranges(on_error="return")` in `load_folder`
-        raise _unreadable(name, exc) from exc
+    except Exception as exc:  # any backend error, as `cat_ranges(on_error="return")` in `load_listed`
+        raise unreadable_image(name, exc) from exc
     try:
         return read_header(blob)
     except ImageDecodeError as exc:
-        raise _corrupt(name, exc) from None
+        raise corrupt_image(name, exc) from None
 
 
-def _unreadable(name: str, exc: BaseException) -> DataError:
+def unreadable_image(name: str, exc: BaseException) -> DataError:
     return DataError(f"cannot read image {name!r}: {first_line(exc)}; check access to the file")
 
 
-def _corrupt(name: str, exc: ImageDecodeError) -> DataError:
+def corrupt_image(name: str, exc: ImageDecodeError) -> DataError:
     return DataError(f"corrupt image {name!r}: {exc}; remove or replace it")
 
 
-def _check_classes(class_names: list[str], found: list[tuple[str, str]], path: str) -> None:
+def _check_classes(class_names: list[str], found: list[str], path: str) -> None:
     """Every class folder must hold an image, and there may be at most `MAX_CLASSES` of them.
 
     An empty folder would still be a class: a conditional model would get a label it never saw
@@ -160,7 +113,7 @@ def _check_classes(class_names: list[str], found: list[tuple[str, str]], path: s
             f"data.path {path!r} has {len(class_names)} class subfolders, more than the {MAX_CLASSES} "
             "classes a model can condition on: point data.path at the folder whose subfolders are the classes"
         )
-    used = {rel.split("/", 1)[0] for rel, _ in found}
+    used = {rel.split("/", 1)[0] for rel in found}
     empty = [name for name in class_names if name not in used]
     if empty:
         shown = ", ".join(repr(display_name(path, name)) for name in empty[:3])
@@ -172,31 +125,102 @@ def _check_classes(class_names: list[str], found: list[tuple[str, str]], path: s
         )
 
 
-def _scan(fs, root: str, path: str) -> tuple[list[str], list[tuple[str, str]]]:
+@dataclass
+class FolderListing:
+    """What a folder source holds, from its listing alone (no file is read).
+
+    Attributes:
+        root: the scheme-less root on its filesystem.
+        class_names: sorted class subfolder names.
+        rels: image files relative to the root, ordered by class index then path.
+        sizes: (N,) int64 bytes of each file.
+        stamps: (N,) uint64 digest of each file's (path, size, mtime or ETag), for the fingerprint.
+    """
+
+    root: str
+    class_names: list[str]
+    rels: list[str]
+    sizes: np.ndarray
+    stamps: np.ndarray
+
+    def labels(self) -> np.ndarray:
+        """(N,) int64 class index of each file (its first path component)."""
+        index = {name: i for i, name in enumerate(self.class_names)}
+        return np.fromiter((index[rel.split("/", 1)[0]] for rel in self.rels), np.int64, len(self.rels))
+
+    def head(self, n: int) -> FolderListing:
+        """The first `n` files (`data.limit`)."""
+        return FolderListing(self.root, self.class_names, self.rels[:n], self.sizes[:n], self.stamps[:n])
+
+
+def scan_folder(data: DataConfig) -> tuple[AbstractFileSystem, FolderListing]:
+    """The listing of a folder source (the first `data.limit` files), checked as `list_folder` does."""
+    assert data.path is not None  # guaranteed by DataConfig
+    fs, root = open_root(data.path, data.storage_options)
+    if not fs.isdir(root):
+        raise DataError(
+            f"data.path {data.path!r} is a file, not a folder: give a folder with one subfolder per "
+            "class (or use data.source='parquet' for Parquet files)"
+        )
+    listing = _scan(fs, root, data.path)
+    return fs, listing if data.limit is None else listing.head(data.limit)
+
+
+def _entries(fs: AbstractFileSystem, root: str) -> Iterator[tuple[str, bool, int, str]]:
+    """(relative path, is a folder, size, mtime or ETag) of everything below `root`, hidden ones skipped.
+
+    A local folder is walked with `os.scandir` (a million files must not become a million info dicts
+    in the driver); other filesystems are listed with one recursive `find`.
+    """
+    if isinstance(fs, LocalFileSystem):
+        stack = [""]
+        while stack:
+            here = stack.pop()
+            with os.scandir(os.path.join(root, here) if here else root) as found:
+                for entry in found:
+                    if entry.name.startswith("."):
+                        continue
+                    rel = f"{here}/{entry.name}" if here else entry.name
+                    if entry.is_dir():
+                        stack.append(rel)
+                        yield rel, True, 0, ""
+                    else:
+                        stat = entry.stat()
+                        yield rel, False, stat.st_size, str(stat.st_mtime_ns)
+        return
+    for full, info in fs.find(root, withdirs=True, detail=True).items():
+        rel = relative(root, full)
+        if rel and not is_hidden(rel):
+            stamp = info.get("ETag") or info.get("mtime") or info.get("LastModified") or ""
+            yield rel, info.get("type") == "directory", int(info.get("size") or 0), str(stamp)
+
+
+def _stamp(rel: str, size: int, stamp: str) -> int:
+    digest = hashlib.blake2b(f"{rel}\0{size}\0{stamp}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
+
+
+def _scan(fs: AbstractFileSystem, root: str, path: str) -> FolderListing:
     """List class subfolders and image files below `root` in one recursive listing.
 
     Returns:
-        (class_names, files): sorted class names and (relative, full) paths of image files, ordered
-        by class index then relative path. Hidden entries (".name") are skipped.
+        The listing, files ordered by class index then relative path. Hidden entries (".name") are
+        skipped.
     """
+    classes: set[str] = set()
+    found: list[tuple[str, int, int]] = []  # (rel, size, stamp digest)
     try:
-        entries = fs.find(root, withdirs=True, detail=True)
+        for rel, is_dir, size, stamp in _entries(fs, root):
+            parts = rel.split("/")
+            if is_dir:
+                if len(parts) == 1:
+                    classes.add(parts[0])
+            elif len(parts) >= 2:  # files directly under root belong to no class
+                classes.add(parts[0])
+                if has_image_extension(parts[-1]):
+                    found.append((rel, size, _stamp(rel, size, stamp)))
     except OSError as exc:
         raise DataError(f"cannot list data.path {path!r}: {first_line(exc)}") from exc
-    classes: set[str] = set()
-    found: list[tuple[str, str]] = []
-    for full, info in entries.items():
-        rel = relative(root, full)
-        if not rel or is_hidden(rel):
-            continue
-        parts = rel.split("/")
-        if info.get("type") == "directory":
-            if len(parts) == 1:
-                classes.add(parts[0])
-        elif len(parts) >= 2:  # files directly under root belong to no class
-            classes.add(parts[0])
-            if has_image_extension(parts[-1]):
-                found.append((rel, full))
     if not classes:
         raise DataError(
             f"data.path {path!r} has no class subfolders: put the images in one subfolder per class, "
@@ -209,10 +233,23 @@ def _scan(fs, root: str, path: str) -> tuple[list[str], list[tuple[str, str]]]:
             f"{'...' if len(class_names) > 5 else ''}): add files ending in "
             f"{', '.join(IMAGE_EXTENSIONS)} (any case)"
         )
-    _check_classes(class_names, found, path)
+    _check_classes(class_names, [rel for rel, _, _ in found], path)
     index = {name: i for i, name in enumerate(class_names)}
     found.sort(key=lambda item: (index[item[0].split("/", 1)[0]], item[0]))
-    return class_names, found
+    return FolderListing(
+        root=root,
+        class_names=class_names,
+        rels=[rel for rel, _, _ in found],
+        sizes=np.fromiter((size for _, size, _ in found), np.int64, len(found)),
+        stamps=np.fromiter((stamp for _, _, stamp in found), np.uint64, len(found)),
+    )
 
 
-__all__ = ["folder_headers", "list_folder", "load_folder"]
+__all__ = [
+    "FolderListing",
+    "corrupt_image",
+    "folder_headers",
+    "list_folder",
+    "scan_folder",
+    "unreadable_image",
+]

@@ -6,8 +6,13 @@ import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from pipelines.data.stream import StreamedSource
 
 
 @dataclass
@@ -20,12 +25,25 @@ class ImageSet:
         class_names: name of each class; `len(class_names)` is the number of classes.
         ids: a stable id per image (e.g. "mnist/train/123" or a file's path relative to the source
             root); generated variants refer to their source image by it.
+        chunks: (N,) int64 non-decreasing id of the chunk each image was read in (a Parquet row
+            group; see `pipelines.data.order`); None: one chunk per image.
+        source_fingerprint: for a bounded sample of a streamed source, the whole source's listing
+            fingerprint (`pipelines.data.index`), which `fingerprint()` returns instead of hashing
+            the sample's pixels.
+        drawn_split: for a bounded sample of a streamed source: (val_fraction, seed, (N,) bool
+            held-out mask) of the split the whole source was split with; `split` keeps it.
+        stream: for such a sample, the whole source (`pipelines.data.stream`): Ray Train streams
+            it instead of training on the sample.
     """
 
     images: torch.Tensor
     labels: torch.Tensor
     class_names: list[str]
     ids: list[str]
+    chunks: torch.Tensor | None = None
+    source_fingerprint: str | None = None
+    drawn_split: tuple[float, int, torch.Tensor] | None = None
+    stream: StreamedSource | None = None
 
     def __post_init__(self) -> None:
         if self.images.ndim != 4 or self.images.dtype != torch.float32:
@@ -40,10 +58,17 @@ class ImageSet:
             )
         if len(self.ids) != n:
             raise ValueError(f"ImageSet.ids has {len(self.ids)} entries for {n} images")
+        if self.chunks is not None and self.chunks.shape != (n,):
+            raise ValueError(f"ImageSet.chunks must be ({n},), got {tuple(self.chunks.shape)}")
         self.class_names = [str(c) for c in self.class_names]
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
+
+    @property
+    def source_size(self) -> int:
+        """Images in the whole source: `len(self)`, or the streamed source's count for a sample."""
+        return len(self) if self.stream is None else len(self.stream)
 
     @property
     def num_classes(self) -> int:
@@ -60,8 +85,11 @@ class ImageSet:
 
         Returns:
             sha256 hex digest; equal for equal data wherever it was loaded from, so it can key a
-            cache of trained models across runs.
+            cache of trained models across runs. A sample of a streamed source gives the source's
+            listing fingerprint (`source_fingerprint`).
         """
+        if self.source_fingerprint is not None:
+            return self.source_fingerprint
         h = hashlib.sha256()
         header = {"shape": list(self.images.shape), "classes": self.class_names}
         h.update(json.dumps(header, sort_keys=True).encode())
@@ -84,6 +112,7 @@ class ImageSet:
             labels=self.labels[idx].clone(),
             class_names=list(self.class_names),
             ids=[self.ids[i] for i in idx.tolist()],
+            chunks=None if self.chunks is None else self.chunks[idx].clone(),
         )
 
     def split(self, val_fraction: float, seed: int = 0) -> tuple[ImageSet, ImageSet]:
@@ -96,14 +125,34 @@ class ImageSet:
 
         Returns:
             (train, val): disjoint subsets that together hold every image, each in source order.
+
+        Raises:
+            ValueError: a bounded sample (`drawn_split`) asked for another split than it was drawn with.
         """
-        n = len(self)
-        n_val = n - split_sizes(n, val_fraction)[0]
-        gen = torch.Generator().manual_seed(int(seed))
-        perm = torch.randperm(n, generator=gen)
-        val_idx, _ = perm[:n_val].sort()
-        train_idx, _ = perm[n_val:].sort()
-        return self.subset(train_idx), self.subset(val_idx)
+        if self.drawn_split is not None:
+            fraction, drawn_seed, heldout = self.drawn_split
+            if (float(val_fraction), int(seed)) != (float(fraction), int(drawn_seed)):
+                raise ValueError(
+                    f"this sample of a streamed source was drawn for train.val_fraction={fraction} and "
+                    f"train.seed={drawn_seed}, not {val_fraction} and {seed}: load it again with those"
+                )
+            keep, held = torch.nonzero(~heldout).flatten(), torch.nonzero(heldout).flatten()
+            return self.subset(keep), self.subset(held)
+        train_idx, val_idx = split_indices(len(self), val_fraction, seed)
+        return self.subset(torch.from_numpy(train_idx)), self.subset(torch.from_numpy(val_idx))
+
+
+def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, validation) positions of `ImageSet.split` for n images, each sorted (int64).
+
+    Used alike for loaded images and for a listed source that is never loaded whole.
+    """
+    n_val = n - split_sizes(n, val_fraction)[0]
+    gen = torch.Generator().manual_seed(int(seed))
+    perm = torch.randperm(n, generator=gen)
+    val_idx, _ = perm[:n_val].sort()
+    train_idx, _ = perm[n_val:].sort()
+    return train_idx.numpy(), val_idx.numpy()
 
 
 def split_sizes(n: int, val_fraction: float) -> tuple[int, int]:
@@ -122,4 +171,4 @@ def split_sizes(n: int, val_fraction: float) -> tuple[int, int]:
     return n - n_val, n_val
 
 
-__all__ = ["ImageSet", "split_sizes"]
+__all__ = ["ImageSet", "split_indices", "split_sizes"]

@@ -1,85 +1,147 @@
 """The "parquet" source: Hugging Face-layout Parquet (image struct<bytes, path> + int label column).
 
-Only the image and label columns are read, one file and batch at a time, so the same functions can
-later stream large datasets (`iter_parquet_files`, `check_schema`, `decode_image_batch`).
+`scan_parquet` lists a source (footers and the label column); `read_group_images` decodes the
+wanted rows of one row group a batch at a time. Both the in-memory and the streaming path use them
+(through `pipelines.data.index`).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-import torch
 from fsspec import AbstractFileSystem
 
 from pipelines.data.config import DataConfig
 from pipelines.data.decode import ImageDecodeError, ImageHeader, decode_image, read_header
 from pipelines.data.filesystems import display_name, first_line, is_hidden, open_root, relative
-from pipelines.data.imageset import ImageSet
 from pipelines.errors import DataError
 from vae.config import MAX_CLASSES
 
 _BATCH_ROWS = 1024
 
 
-def load_parquet(data: DataConfig, size: tuple[int, int], channels: int) -> ImageSet:
-    """Load a Parquet file, or every *.parquet file below a folder (sorted by path).
+@dataclass
+class ParquetListing:
+    """What a Parquet source holds, from the footers and the label column (no image is read).
 
-    Args:
-        data: the data config (`path`, `storage_options`, `image_column`, `label_column`, `limit`).
-        size: target (H, W).
-        channels: target channels, 1 or 3.
+    Attributes:
+        files: (full path on fs, display name, id prefix) of each file, sorted by path.
+        groups: (K, 3) int64: per row group, its file index, its number in the file, its rows (after
+            `data.limit`); ordered by file then group, so images are numbered as `load_listed` loads them.
+        class_names: the ClassLabel names, or the distinct label values (see `load_listed`).
+        labels: (N,) int64 class index of each image.
+        sizes: (F,) bytes of each file.
+        stamps: (F,) mtime or ETag of each file, for the fingerprint.
+    """
 
-    Returns:
-        An `ImageSet` in [0, 1] (not yet in the model's range). Class names come from the
-        `huggingface` schema metadata (ClassLabel names) when present; else they are the distinct
-        label values, in increasing order, and the labels become their positions (labels {3, 7, 50000}
-        give classes "3", "7", "50000" at indices 0, 1, 2: no class without a row). Ids are
-        "<file relative to path>#<row in file>" ("<file name>#<row>" for a single file).
+    files: list[tuple[str, str, str]]
+    groups: np.ndarray
+    class_names: list[str]
+    labels: np.ndarray
+    sizes: list[int]
+    stamps: list[str]
+
+
+def scan_parquet(data: DataConfig) -> tuple[AbstractFileSystem, ParquetListing]:
+    """List a Parquet source: footers, schemas and the label column only (bounded by `data.limit`).
 
     Raises:
-        DataError: missing path, no Parquet files, missing or mistyped columns, bad labels, more
-            than `MAX_CLASSES` classes, corrupt pages or image bytes (naming the file and row group
-            or row).
+        DataError: as `load_listed`, for everything but the image bytes.
     """
     assert data.path is not None  # guaranteed by DataConfig
     fs, root = open_root(data.path, data.storage_options)
-    parts: list[np.ndarray] = []
-    labels: list[np.ndarray] = []
-    ids: list[str] = []
+    files, groups, labels, sizes, stamps = [], [], [], [], []
     names: list[str] | None = None
     remaining = data.limit
-    columns = [data.image_column, data.label_column]
     for full, name, rel in iter_parquet_files(fs, root, data.path):
         if remaining is not None and remaining <= 0:
             break
+        info = fs.info(full)
         with fs.open(full, "rb") as fh:
             pfile = _open_parquet(fh, name)
             file_names = check_schema(pfile.schema_arrow, data.image_column, data.label_column, name)
             names = names if names is not None else file_names
-            for row, batch in read_batches(pfile, name, columns, remaining):
-                labels.append(_labels(batch.column(data.label_column), name, row))
-                parts.append(decode_image_batch(batch.column(data.image_column), size, channels, name, row))
-                ids.extend(f"{rel}#{row + i}" for i in range(batch.num_rows))
+            for row, batch in read_batches(pfile, name, [data.label_column], remaining):
+                labels.append(_labels(batch.column(0), name, row))
                 remaining = None if remaining is None else remaining - batch.num_rows
-    if not ids:
+            meta = pfile.metadata
+        rows_left = sum(len(x) for x in labels) - sum(int(g[2]) for g in groups)
+        for g in range(meta.num_row_groups):
+            take = min(meta.row_group(g).num_rows, rows_left)
+            if take > 0:
+                groups.append((len(files), g, take))
+            rows_left -= take
+        files.append((full, name, rel))
+        sizes.append(int(info.get("size") or 0))
+        stamps.append(str(info.get("ETag") or info.get("mtime") or info.get("LastModified") or ""))
+    if not labels:
         raise _no_rows(data.path)
-    names, dense = _classes(np.concatenate(labels), names, data.path)
-    return ImageSet(
-        images=torch.from_numpy(np.concatenate(parts)),  # (N, C, H, W)
-        labels=torch.from_numpy(dense),
-        class_names=names,
-        ids=ids,
-    )
+    class_names, dense = _classes(np.concatenate(labels), names, data.path)
+    table = np.asarray(groups, dtype=np.int64).reshape(-1, 3)
+    return fs, ParquetListing(files, table, class_names, dense, sizes, stamps)
+
+
+def read_group_images(
+    fs: AbstractFileSystem,
+    listing: ParquetListing,
+    group: int,
+    rows: np.ndarray,
+    image_column: str,
+    size: tuple[int, int],
+    channels: int,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Decode the wanted rows of one row group, a batch at a time (never the whole group at once).
+
+    Args:
+        fs: the filesystem.
+        listing: the source's listing.
+        group: row of `listing.groups`.
+        rows: sorted row numbers within the group to decode.
+        image_column: `data.image_column`.
+        size: target (H, W).
+        channels: target channels.
+
+    Returns:
+        Iterator of (rows decoded, float32 (n, C, H, W) in [0, 1]).
+
+    Raises:
+        DataError: a corrupt page or image (naming the file and row), an unreadable file.
+    """
+    file_index, number, _ = (int(v) for v in listing.groups[group])
+    full, name, _ = listing.files[file_index]
+    first = int(sum(int(r) for f, g, r in listing.groups if f == file_index and g < number))
+    try:
+        fh = fs.open(full, "rb")
+    except OSError as exc:
+        raise DataError(f"cannot read Parquet file {name!r}: {first_line(exc)}; check access to it") from exc
+    with fh:
+        pfile = _open_parquet(fh, name)
+        start = 0
+        try:
+            batches = pfile.iter_batches(batch_size=_BATCH_ROWS, row_groups=[number], columns=[image_column])
+            for batch in batches:
+                lo, hi = np.searchsorted(rows, [start, start + batch.num_rows])
+                if hi > lo:
+                    wanted = rows[lo:hi]
+                    blobs = pc.struct_field(batch.column(0), "bytes").take(pa.array(wanted - start))
+                    yield wanted, _decode_rows(blobs.to_pylist(), first + wanted, size, channels, name)
+                start += batch.num_rows
+        except (pa.ArrowException, OSError) as exc:
+            raise DataError(
+                f"corrupt Parquet data in {name!r} row group {number}: {first_line(exc)}; "
+                "replace the file or write it again"
+            ) from None
 
 
 def _classes(labels: np.ndarray, names: list[str] | None, path: str) -> tuple[list[str], np.ndarray]:
-    """Class names and int64 class indices of the loaded labels (see `load_parquet`).
+    """Class names and int64 class indices of the loaded labels (see `load_listed`).
 
     Raises:
         DataError: a label beyond the ClassLabel names, or more than `MAX_CLASSES` classes.
@@ -144,7 +206,7 @@ def read_batches(
 
 
 def parquet_headers(data: DataConfig, max_images: int) -> list[ImageHeader]:
-    """Headers of the first `max_images` images `load_parquet` loads (only the image column is read,
+    """Headers of the first `max_images` images `load_listed` loads (only the image column is read,
     and the pixels are not decoded).
 
     Args:
@@ -155,7 +217,7 @@ def parquet_headers(data: DataConfig, max_images: int) -> list[ImageHeader]:
         One `ImageHeader` per inspected row, in load order.
 
     Raises:
-        DataError: as `load_parquet` for a bad path, bad columns, missing or corrupt image bytes.
+        DataError: as `load_listed` for a bad path, bad columns, missing or corrupt image bytes.
     """
     assert data.path is not None  # guaranteed by DataConfig
     fs, root = open_root(data.path, data.storage_options)
@@ -290,29 +352,12 @@ def class_label_names(metadata: dict[bytes, bytes] | None, label_column: str) ->
     return [str(n) for n in names] if isinstance(names, list) and names else None
 
 
-def decode_image_batch(
-    column: pa.Array, size: tuple[int, int], channels: int, name: str, first_row: int
+def _decode_rows(
+    blobs: list[bytes | None], rows: np.ndarray, size: tuple[int, int], channels: int, name: str
 ) -> np.ndarray:
-    """Decode a struct<bytes, path> column to float32 (N, C, H, W) in [0, 1].
-
-    Args:
-        column: the image column of one record batch.
-        size: target (H, W).
-        channels: target channels.
-        name: display name of the file, for messages.
-        first_row: row index (in the file) of the column's first element.
-
-    Returns:
-        float32 (N, C, H, W) in [0, 1].
-
-    Raises:
-        DataError: a row has no bytes or undecodable bytes (naming the file and row).
-    """
-    blobs = pc.struct_field(column, "bytes").to_pylist()  # None where the struct or bytes is null
-    height, width = size
-    out = np.empty((len(blobs), channels, height, width), dtype=np.float32)  # (N, C, H, W)
-    for i, blob in enumerate(blobs):
-        row = first_row + i
+    """Decode image bytes to float32 (N, C, H, W) in [0, 1]; `rows` (file rows) name a bad one."""
+    out = np.empty((len(blobs), channels, *size), dtype=np.float32)  # (N, C, H, W)
+    for i, (blob, row) in enumerate(zip(blobs, rows.tolist(), strict=True)):
         try:
             out[i] = decode_image(_image_bytes(blob, name, row), size, channels)
         except ImageDecodeError as exc:
@@ -354,11 +399,12 @@ def _is_binary(t: pa.DataType) -> bool:
 
 
 __all__ = [
+    "ParquetListing",
     "check_schema",
     "class_label_names",
-    "decode_image_batch",
     "iter_parquet_files",
-    "load_parquet",
     "parquet_headers",
     "read_batches",
+    "read_group_images",
+    "scan_parquet",
 ]

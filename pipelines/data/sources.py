@@ -7,6 +7,7 @@ to `pipelines.data.config.SOURCES`.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 from functools import partial
@@ -18,9 +19,8 @@ from pipelines.data.cifar import load_cifar10
 from pipelines.data.config import DataConfig
 from pipelines.data.decode import fit_batch, uint8_to_unit
 from pipelines.data.filesystems import first_line
-from pipelines.data.folder import load_folder
 from pipelines.data.imageset import ImageSet
-from pipelines.data.parquet import load_parquet
+from pipelines.data.index import SourceIndex, index_source
 from pipelines.errors import DataError
 from vae.config import VAEConfig
 from vae.ranges import to_model_range
@@ -47,12 +47,7 @@ def load_images(data: DataConfig, model: VAEConfig) -> ImageSet:
     unit = loader(data, model.image_size, model.channels)
     if data.limit is not None and len(unit) > data.limit:
         unit = unit.subset(range(data.limit))
-    return ImageSet(
-        images=to_model_range(unit.images, model).contiguous(),  # (N, C, H, W)
-        labels=unit.labels,
-        class_names=unit.class_names,
-        ids=unit.ids,
-    )
+    return dataclasses.replace(unit, images=to_model_range(unit.images, model).contiguous())  # (N, C, H, W)
 
 
 def load_digits(data: DataConfig, size: tuple[int, int], channels: int) -> ImageSet:
@@ -138,6 +133,43 @@ def load_torchvision(
     )
 
 
+def load_listed(data: DataConfig, size: tuple[int, int], channels: int) -> ImageSet:
+    """A "folder" or "parquet" source: listed (`index_source`), then read whole with `SourceIndex.read`,
+    the reader the streaming path uses too (the same pixels, ids and chunks). Loaded whole, the data
+    is fingerprinted by its pixels (`ImageSet.fingerprint`); the streaming path by its listing.
+
+    Folder: class names are the sorted subfolder names, images ordered by class then path, ids the
+    files' paths relative to `path` ("cat/001.png"). Parquet: a file, or every *.parquet below a
+    folder (sorted by path); class names from the `huggingface` ClassLabel metadata, else the distinct
+    label values in increasing order (labels {3, 7, 50000} give classes "3", "7", "50000" at indices
+    0, 1, 2); ids "<file relative to path>#<row in file>".
+
+    Returns:
+        An `ImageSet` in [0, 1] (not yet in the model's range).
+
+    Raises:
+        DataError: a bad path, listing, schema, labels, or an unreadable or corrupt file.
+    """
+    index = index_source(data, size, channels)
+    return read_index(index, np.arange(len(index)))
+
+
+def read_index(index: SourceIndex, items: np.ndarray) -> ImageSet:
+    """The images `items` of a listed source, in [0, 1], in memory (one chunk read at a time)."""
+    images = np.empty((len(items), index.channels, *index.size), dtype=np.float32)  # (N, C, H, W)
+    at = 0
+    for got, part in index.read(items):
+        images[at : at + len(got)] = part
+        at += len(got)
+    return ImageSet(
+        images=torch.from_numpy(images),
+        labels=torch.from_numpy(index.labels[items]),
+        class_names=list(index.class_names),
+        ids=index.ids(items),
+        chunks=torch.from_numpy(index.chunk_of[items]),
+    )
+
+
 def _mnist_layout(folder: str) -> dict[str, str]:
     return {
         "train": f"{folder}/raw/train-images-idx3-ubyte",
@@ -157,8 +189,8 @@ LOADERS: dict[str, Loader] = {
     ),
     # Not through torchvision: its CIFAR10 runs pickle.load on the files under data.path.
     "cifar10": load_cifar10,
-    "folder": load_folder,
-    "parquet": load_parquet,
+    "folder": load_listed,
+    "parquet": load_listed,
 }
 
-__all__ = ["LOADERS", "Loader", "load_digits", "load_images", "load_torchvision"]
+__all__ = ["LOADERS", "Loader", "load_digits", "load_images", "load_listed", "load_torchvision", "read_index"]

@@ -342,10 +342,10 @@ def _real_data(cfg: PipelineConfig, model: Any, data: ImageSet | None, required:
     wanted = required or (cfg.report.enabled and model.cfg.conditional)
     if data is not None or not wanted:
         return data
-    from pipelines.data import load_images
+    from pipelines.data.stream import load_data_for
 
     try:
-        return load_images(cfg.data, model.cfg)
+        return load_data_for(cfg, model.cfg)
     except DataError:
         if required:
             raise

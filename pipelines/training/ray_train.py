@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -28,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 
 from pipelines.config import PipelineConfig, TrainConfig
 from pipelines.console import console
@@ -47,6 +47,7 @@ from pipelines.training.preflight import (
     resolve_use_gpu,
     run_key,
 )
+from pipelines.training.stream_reader import data_error_in
 from pipelines.training.worker import divergence_of, train_loop_per_worker
 
 log = logging.getLogger(__name__)
@@ -79,29 +80,31 @@ class DistributedTrainResult(TrainResult):
 
 
 # ------------------------------------------------------------------------------------------- data
-def _stream(train: TrainConfig, data: ImageSet) -> bool:
-    if train.streaming == "auto":
-        return data.images.numel() * 4 / 1e6 > train.stream_above_mb
-    return train.streaming == "always"
+def _data_config(data: ImageSet, train_set: ImageSet, val_set: ImageSet) -> dict[str, Any]:
+    """The loop config's data keys: the arrays (once in the object store, shared by the workers of a
+    node), or the streamed source's index and split (the workers read the images themselves)."""
+    import ray
+
+    if data.stream is not None:
+        return {"data": None, "stream": ray.put(data.stream)}
+
+    def arrays(part: ImageSet) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        chunks = part.chunks if part.chunks is not None else torch.arange(len(part))
+        return part.images.numpy(), part.labels.numpy(), chunks.numpy()
+
+    return {"data": ray.put({"train": arrays(train_set), "val": arrays(val_set)}), "stream": None}
 
 
-def _ray_dataset(part: ImageSet, blocks: int) -> Any:
-    """A Ray Dataset with columns image (C, H, W) float32 and label int64, in `blocks` blocks."""
-    import pyarrow as pa
-    import ray.data
+def _worker_cpus(cpus: int, num_workers: int, nodes: list[tuple[float, float]], streaming: bool) -> float:
+    """CPUs each worker reserves: all its threads' CPUs, except that a streaming run leaves at least
+    one CPU of the cluster to Ray Data's read tasks (which otherwise wait forever for one).
 
-    try:
-        from ray.data._internal.tensor_extensions.arrow import ArrowTensorArray
-    except ImportError:  # older layout
-        from ray.air.util.tensor_extensions.arrow import ArrowTensorArray
-
-    images, labels = part.images.numpy(), part.labels.numpy()
-    tables = [
-        pa.table({"image": ArrowTensorArray.from_numpy(np.ascontiguousarray(i)), "label": pa.array(lab)})
-        for i, lab in zip(np.array_split(images, blocks), np.array_split(labels, blocks), strict=True)
-        if len(lab)
-    ]
-    return ray.data.from_arrow(tables)
+    The worker still runs `cpus` torch threads: decoding and training share the cores.
+    """
+    spare = sum(c for c, _ in nodes) - cpus * num_workers
+    if not streaming or spare >= 1:
+        return float(cpus)
+    return float(cpus - 1) if cpus >= 2 else 0.5
 
 
 @contextmanager
@@ -179,9 +182,9 @@ def train_distributed(
     if cluster.num_nodes > 1 and "://" not in storage:
         log.warning("storage_path %s is local on a multi-node cluster: it must be shared", storage)
     if data is None:
-        from pipelines.data.sources import load_images
+        from pipelines.data.stream import load_data_for
 
-        data = load_images(cfg.data, cfg.model)
+        data = load_data_for(cfg)
     model_cfg = model_config_for(cfg, data)
     fingerprint = data.fingerprint()
     key = run_key(cfg, model_cfg, fingerprint)
@@ -190,7 +193,8 @@ def train_distributed(
     claim_run(storage, run_name, key)
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(t, run_name=run_name))  # recorded as run
 
-    train_set, val_set = data.split(t.val_fraction, seed=t.seed)
+    train_set, val_set = data.split(t.val_fraction, seed=t.seed)  # a sample's own split when streamed
+    n_train, n_val = _split_sizes(data, train_set, val_set)
     queue = Queue(actor_options={"num_cpus": 0})
     loop_config = {
         # Redacted: Ray keeps the loop config with the run and rank 0 stores it in every checkpoint,
@@ -198,26 +202,20 @@ def train_distributed(
         # checkpoints go to storage with the cluster's own credentials).
         "pipeline": cfg.to_dict(redact=True),
         "model": model_cfg.to_dict(),
-        "data": None,
-        "has_val": len(val_set) > 0,
+        **_data_config(data, train_set, val_set),
+        "has_val": n_val > 0,
         "metrics_uri": f"{storage}/{run_name}/{METRICS_FILE}",
         "queue": queue,
         "threads": cpus,
-        "passes": t.passes_per_epoch(len(train_set)),
+        "passes": t.passes_per_epoch(n_train),
     }
-    datasets = None
-    if _stream(t, data):
-        blocks = max(4 * t.num_workers, math.ceil(train_set.images.numel() * 4 / 64e6))
-        datasets = {"train": _ray_dataset(train_set, blocks)}
-        if len(val_set):
-            datasets["val"] = _ray_dataset(val_set, t.num_workers)
-    else:  # once in the object store, shared by the workers of each node
-        parts = {"train": train_set, "val": val_set}
-        loop_config["data"] = ray.put({k: (v.images.numpy(), v.labels.numpy()) for k, v in parts.items()})
-    trainer = _trainer(t, run_name, storage, use_gpu, cpus, loop_config, datasets)
+    streaming = data.stream is not None
+    reserved = _worker_cpus(cpus, t.num_workers, node_resources(), streaming)
+    trainer = _trainer(t, run_name, storage, use_gpu, reserved, loop_config)
     console.line(
         f"training run {run_name}: {t.num_workers} worker(s) x {cpus} CPU{' + 1 GPU' if use_gpu else ''}, "
-        f"{'streamed' if datasets else 'in-memory'} data, checkpoints in {storage}/{run_name}"
+        f"{'data streamed from storage by Ray Data' if streaming else 'in-memory data'}, "
+        f"checkpoints in {storage}/{run_name}"
     )
     show = on_epoch or (lambda row: log.info(format_epoch(row, t.epochs)))
     starts: list[int] = []  # the epoch each (re)start of the workers resumed from
@@ -237,6 +235,9 @@ def train_distributed(
         diverged = divergence_of(exc)
         if diverged is not None:  # NaN/inf loss: a setting to change, not a run to resume
             raise diverged from None
+        unreadable = data_error_in(exc)
+        if unreadable is not None:  # a corrupt or unreadable file in the stream: fix the data
+            raise unreadable from None
         cause = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         raise PipelineError(
             f"training run '{run_name}' failed ({cause}); re-run with the same config (or "
@@ -273,14 +274,20 @@ def train_distributed(
     )
 
 
+def _split_sizes(data: ImageSet, train_set: ImageSet, val_set: ImageSet) -> tuple[int, int]:
+    """(train, held-out) images the workers see: the whole source's split when streamed."""
+    if data.stream is None:
+        return len(train_set), len(val_set)
+    return len(data.stream.train_items), len(data.stream.val_items)
+
+
 def _trainer(
     t: TrainConfig,
     run_name: str,
     storage: str,
     use_gpu: bool,
-    cpus: int,
+    cpus: float,
     loop_config: dict[str, Any],
-    datasets: dict[str, Any] | None,
 ) -> Any:
     """The `TorchTrainer` of a run (gloo on CPU, NCCL on GPU)."""
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
@@ -302,5 +309,4 @@ def _trainer(
             # "Checkpoint successfully created" / "Reporting training result" every epoch: -v only
             logging_config=LoggingConfig(log_level="INFO" if console.verbose else "WARNING"),
         ),
-        datasets=datasets,
     )

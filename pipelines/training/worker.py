@@ -8,10 +8,11 @@ Randomness: the model is initialised from `train.seed` (DDP then broadcasts rank
 epoch reseeds torch/numpy/Python from (seed, epoch, rank), so a resumed run replays the remaining
 epochs exactly as an uninterrupted one would.
 
-Data: in memory, every epoch permutes the training split with a generator seeded by (seed, epoch),
-drops the remainder so all ranks get the same number of samples, and gives rank r every world-th
-index from r (disjoint shards, equal batch counts). Streamed, each rank reads its Ray Data shard
-(`streaming_split(equal=True)`), shuffled within a buffer of 8 batches seeded by (seed, epoch).
+Data: every data epoch, each rank takes its disjoint shard of the training split from one seeded plan
+(`pipelines.data.order.plan_epoch`: chunks permuted by (seed, epoch), cut into equal-count runs per
+rank, shuffled within windows, the same number of batches on every rank; every image exactly once).
+In memory the rank indexes the arrays from the object store; streamed, Ray Data reads and decodes
+the planned chunks from storage (`pipelines.training.stream_reader`). Both give the same batches.
 Per-worker batch = train.batch_size // world size, so the global batch stays the same.
 """
 
@@ -32,8 +33,10 @@ import torch
 import torch.distributed as dist
 
 from pipelines.config import config_from_dict
+from pipelines.data.order import RankPlan, plan_epoch, plan_eval, shuffle_window
 from pipelines.training.checkpoint import load_checkpoint, restore_rng, save_checkpoint
 from pipelines.training.common import epoch_row
+from pipelines.training.stream_reader import quiet_ray_data, stream_batches
 from vae.config import VAEConfig
 from vae.model import VAE
 from vae.training import (
@@ -51,8 +54,8 @@ VAL_BATCH = 1024
 # Keys of the `config` dict the driver passes (see `ray_train.train_distributed`):
 #   pipeline: PipelineConfig.to_dict(redact=True) (no credentials: the train settings are what is read)
 #   model: VAEConfig.to_dict() (num_classes resolved)
-#   data: ObjectRef of {"train": (images, labels), "val": (images, labels)} numpy arrays, or None
-#         when the data streams through Ray Data ("train"/"val" dataset shards)
+#   data: ObjectRef of {"train": (images, labels, chunks), "val": (...)} numpy arrays, or None
+#   stream: ObjectRef of the `StreamedSource` (index and split) the workers stream, or None
 #   has_val: whether there is a held-out split          metrics_uri: where rank 0 writes metrics.jsonl
 #   queue: a ray.util.queue.Queue for the driver (rank 0 puts {"event": "start", "epoch": k}, then
 #          each epoch's row), or None
@@ -75,50 +78,69 @@ def _as_tensor(array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(array)
 
 
-def _index_batches(
-    images: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor, batch: int, device: torch.device
+def _planned_batches(
+    images: torch.Tensor, labels: torch.Tensor, plan: RankPlan, device: torch.device
 ) -> Iterator[Batch]:
-    for start in range(0, len(idx), batch):
-        sel = idx[start : start + batch]
+    """The plan's batches from in-memory arrays."""
+    order = torch.from_numpy(plan.order)
+    at = 0
+    for size in plan.batches:
+        sel = order[at : at + size]
+        at += size
         yield images[sel].to(device, non_blocking=True), labels[sel].to(device, non_blocking=True)
 
 
-def _stream_batches(name: str, batch: int, device: torch.device, shuffle_seed: int | None) -> Iterator[Batch]:
-    import ray.train
+def _fetch(value: Any) -> Any:
+    """`value`, or what it refers to when it is an ObjectRef."""
+    if value is None or type(value).__name__ != "ObjectRef":
+        return value
+    import ray
 
-    shard = ray.train.get_dataset_shard(name)
-    kwargs: dict[str, Any] = {}
-    if shuffle_seed is not None:
-        kwargs = {"local_shuffle_buffer_size": 8 * batch, "local_shuffle_seed": shuffle_seed}
-    for b in shard.iter_torch_batches(batch_size=batch, device=device, **kwargs):
-        yield b["image"], b["label"]
+    return ray.get(value)
 
 
 class _Shards:
-    """This rank's batches: a seeded, disjoint slice of in-memory arrays, or its Ray Data shard."""
+    """This rank's batches: the same plan (`pipelines.data.order`) over in-memory arrays or a stream.
 
-    def __init__(self, data: dict[str, Any] | None, rank: int, world: int, batch: int, device: torch.device):
+    In memory the arrays come from the object store; streamed, the source's index and split do, and
+    Ray Data reads the planned chunks (`pipelines.training.stream_reader`).
+    """
+
+    def __init__(self, config: dict[str, Any], rank: int, world: int, batch: int, device: torch.device):
         self.rank, self.world, self.batch, self.device = rank, world, batch, device
-        self.streaming = data is None
-        if data is not None:
-            self.train = tuple(_as_tensor(a) for a in data["train"])
-            self.val = tuple(_as_tensor(a) for a in data["val"])
+        self.model_cfg = VAEConfig.from_dict(config["model"])
+        self.window = shuffle_window(batch, 4 * int(np.prod(self.model_cfg.image_shape)))
+        self.stream = _fetch(config.get("stream"))
+        if self.stream is not None:
+            import ray
 
-    def train_batches(self, seed: int, epoch: int) -> Iterator[Batch]:
-        if self.streaming:
-            return _stream_batches("train", self.batch, self.device, seed * 100_003 + epoch)
-        images, labels = self.train
-        gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
-        perm = torch.randperm(len(images), generator=gen)
-        usable = len(perm) // self.world * self.world  # equal shards: equal batch counts on every rank
-        return _index_batches(images, labels, perm[:usable][self.rank :: self.world], self.batch, self.device)
+            quiet_ray_data()
+            self.index_ref = ray.put(self.stream.index)  # once, for every read task of the run
+            chunk_of = self.stream.index.chunk_of
+            self.chunks = {k: chunk_of[self.stream_items(k)] for k in ("train", "val")}
+            return
+        data = _fetch(config["data"])
+        self.arrays = {k: tuple(_as_tensor(a) for a in data[k][:2]) for k in ("train", "val")}
+        self.chunks = {k: np.asarray(data[k][2]) for k in ("train", "val")}
+
+    def stream_items(self, part: str) -> np.ndarray:
+        assert self.stream is not None
+        return self.stream.train_items if part == "train" else self.stream.val_items
+
+    def _batches(self, part: str, plan: RankPlan) -> Iterator[Batch]:
+        if self.stream is not None:
+            return stream_batches(self.index_ref, self.stream_items(part), plan, self.model_cfg, self.device)
+        images, labels = self.arrays[part]
+        return _planned_batches(images, labels, plan, self.device)
+
+    def train_batches(self, seed: int, data_epoch: int) -> Iterator[Batch]:
+        plan = plan_epoch(
+            self.chunks["train"], seed, data_epoch, self.rank, self.world, self.batch, self.window
+        )
+        return self._batches("train", plan)
 
     def val_batches(self) -> Iterator[Batch]:
-        if self.streaming:
-            return _stream_batches("val", VAL_BATCH, self.device, None)
-        images, labels = self.val
-        idx = torch.arange(self.rank, len(images), self.world)
-        return _index_batches(images, labels, idx, VAL_BATCH, self.device)
+        return self._batches("val", plan_eval(self.chunks["val"], self.rank, self.world, VAL_BATCH))
 
 
 def _epoch_batches(shards: _Shards, seed: int, epoch: int, passes: int) -> Iterator[Batch]:
@@ -280,8 +302,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     if opt_state is not None:
         optimizer.load_state_dict(opt_state)
 
-    data = None if config["data"] is None else ray.get(config["data"])
-    shards = _Shards(data, rank, world, max(1, t.batch_size // world), device)
+    shards = _Shards(config, rank, world, max(1, t.batch_size // world), device)
     has_val = bool(config["has_val"])
     queue = config.get("queue") if rank == 0 else None
     _tell(queue, {"event": "start", "epoch": start_epoch})

@@ -101,15 +101,19 @@ def test_in_memory_shards_are_disjoint_and_equal() -> None:
 
     n, world = 103, 3
     images = np.arange(n, dtype=np.float32).reshape(n, 1, 1, 1)
-    data = {"train": (images, np.zeros(n, dtype=np.int64)), "val": (images[:5], np.zeros(5, dtype=np.int64))}
+    zeros = np.zeros(n, dtype=np.int64)
+    data = {"train": (images, zeros, np.arange(n)), "val": (images[:5], zeros[:5], np.arange(5))}
+    config = {"model": VAEConfig(image_size=(8, 8)).to_dict(), "data": data, "stream": None}
     for epoch in (1, 2):
-        seen = []
+        seen, steps = [], set()
         for rank in range(world):
-            shard = _Shards(data, rank, world, 8, torch.device("cpu"))
-            seen.append([int(v) for x, _ in shard.train_batches(0, epoch) for v in x.flatten()])
-        assert len({len(s) for s in seen}) == 1  # equal batch counts: no rank waits on a collective
+            shard = _Shards(config, rank, world, 8, torch.device("cpu"))
+            batches = list(shard.train_batches(0, epoch))
+            steps.add(len(batches))
+            seen.append([int(v) for x, _ in batches for v in x.flatten()])
+        assert len(steps) == 1  # equal batch counts: no rank waits on a collective
         flat = [v for s in seen for v in s]
-        assert len(flat) == len(set(flat)) == n // world * world  # disjoint
+        assert sorted(flat) == list(range(n))  # disjoint, and every image exactly once
     assert seen[0] != sorted(seen[0])  # shuffled
 
 

@@ -1,0 +1,178 @@
+"""A Ray Train worker's batches from a streamed source: Ray Data reads and decodes, the worker shuffles.
+
+For one data epoch the worker knows its `RankPlan` (`pipelines.data.order`): which chunks, in which
+order, and how the images are shuffled within windows and cut into batches. It hands the chunk runs
+to Ray Data as read units (whole chunks, at least `UNIT_IMAGES` images each); Ray Data tasks fetch
+and decode them in parallel, in order, a bounded number ahead (its streaming executor's backpressure
+plus `PREFETCH_BLOCKS`); the worker holds one shuffle window, permutes it as the plan says and yields
+the planned batches. So the worker's memory is bounded by the window and the prefetched blocks, and
+the batches are exactly those the in-memory path would build for the same seed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipelines.data.order import RankPlan
+from pipelines.errors import DataError
+
+#: Images per Ray Data read unit at least (whole chunks: a Parquet row group is never split).
+UNIT_IMAGES = 256
+#: Decoded blocks the worker asks Ray Data to keep ready.
+PREFETCH_BLOCKS = 4
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+def quiet_ray_data() -> None:
+    """Ray Data in a training worker: ordered output, no progress bars, no per-execution INFO lines."""
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.execution_options.preserve_order = True  # the plan's order is the training order
+    ctx.enable_progress_bars = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+
+
+def read_units(chunks: np.ndarray) -> list[tuple[int, int]]:
+    """Cut a plan's chunk runs into read units of whole chunks: (first, last) positions in reading order."""
+    units, start, taken = [], 0, 0
+    for count in chunks[:, 1].tolist():
+        taken += count
+        if taken - start >= UNIT_IMAGES:
+            units.append((start, taken))
+            start = taken
+    if taken > start:
+        units.append((start, taken))
+    return units
+
+
+class _Decode:
+    """Ray Data task body: decode one read unit (the images at its reading positions) to the model's range."""
+
+    def __init__(self, index: Any, seq: Any, model_cfg: Any):
+        self.index, self.seq, self.model_cfg = index, seq, model_cfg
+
+    def __call__(self, unit: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
+        import ray
+
+        from vae.ranges import to_model_range
+
+        index = ray.get(self.index) if isinstance(self.index, ray.ObjectRef) else self.index
+        seq = ray.get(self.seq) if isinstance(self.seq, ray.ObjectRef) else self.seq
+        for lo, hi in zip(unit["lo"].tolist(), unit["hi"].tolist(), strict=True):
+            for items, images in index.read(seq[lo:hi]):
+                x = to_model_range(torch.from_numpy(images), self.model_cfg).numpy()  # (n, C, H, W)
+                yield {"image": x, "label": index.labels[items]}
+
+
+def stream_batches(
+    index: Any, items: np.ndarray, plan: RankPlan, model_cfg: Any, device: torch.device
+) -> Iterator[Batch]:
+    """The plan's batches, read through Ray Data.
+
+    Args:
+        index: the `SourceIndex` (or an ObjectRef of it).
+        items: (n_split,) the split's image numbers; the plan's positions index into it.
+        plan: this rank's plan for the epoch.
+        model_cfg: the model's `VAEConfig` (its range).
+        device: where the batches go.
+
+    Returns:
+        Iterator of (images (B, C, H, W), labels (B,)) on `device`, as `plan.batches` says.
+
+    Raises:
+        DataError: a file could not be read or decoded (the loader's one-line message).
+    """
+    import ray
+    import ray.data
+
+    seq = items[plan.reading()]  # (n,) image numbers in reading order
+    units = read_units(plan.chunks)
+    if not units:
+        return
+    los, his = (np.asarray(v, dtype=np.int64) for v in zip(*units, strict=True))
+    ds = ray.data.from_items(
+        [{"lo": lo, "hi": hi} for lo, hi in zip(los.tolist(), his.tolist(), strict=True)],
+        override_num_blocks=len(units),
+    ).map_batches(_Decode(index, ray.put(seq), model_cfg), batch_size=1, batch_format="numpy")
+    blocks = ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=PREFETCH_BLOCKS)
+    try:
+        yield from _shuffled(_arrays(blocks), plan, device)
+    except Exception as exc:  # a task's DataError arrives wrapped by Ray
+        found = data_error_in(exc)
+        if found is None:
+            raise
+        raise DataError(str(found)) from None
+
+
+def _arrays(blocks: Iterator[dict[str, np.ndarray]]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    for block in blocks:
+        images = block["image"]
+        if images.dtype == object:  # a ragged tensor column comes back as arrays of arrays
+            images = np.stack(list(images))
+        yield images, block["label"]
+
+
+def _shuffled(
+    blocks: Iterator[tuple[np.ndarray, np.ndarray]], plan: RankPlan, device: torch.device
+) -> Iterator[Batch]:
+    """Hold one window of decoded images, put it in the plan's order, and cut the plan's batches."""
+    n, window = len(plan.perm), plan.window
+    held_x: list[np.ndarray] = []  # decoded images from reading position `start` on
+    held_y: list[np.ndarray] = []
+    out_x: list[np.ndarray] = []  # shuffled images not yet batched
+    out_y: list[np.ndarray] = []
+    start, held, ready = 0, 0, 0
+    sizes = iter(plan.batches)
+    want = next(sizes, 0)
+    for x, y in blocks:
+        held_x.append(x)
+        held_y.append(y)
+        held += len(y)
+        while start < n and held >= min(window, n - start):
+            w = min(window, n - start)
+            xs, ys = np.concatenate(held_x), np.concatenate(held_y)
+            local = plan.perm[start : start + w] - start
+            out_x.append(xs[local])
+            out_y.append(ys[local])
+            held_x, held_y, held = [xs[w:]], [ys[w:]], len(ys) - w
+            start, ready = start + w, ready + w
+        if want and ready >= want:
+            bx, by = np.concatenate(out_x), np.concatenate(out_y)
+            at = 0
+            while want and ready - at >= want:
+                yield _to(bx[at : at + want], by[at : at + want], device)
+                at, want = at + want, next(sizes, 0)
+            out_x, out_y, ready = [bx[at:]], [by[at:]], ready - at
+    if start != n or want:
+        raise RuntimeError(f"the stream gave {start + held} of the plan's {n} images")
+
+
+def _to(x: np.ndarray, y: np.ndarray, device: torch.device) -> Batch:
+    return (
+        torch.from_numpy(np.ascontiguousarray(x)).to(device, non_blocking=True),
+        torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64)).to(device, non_blocking=True),
+    )
+
+
+def data_error_in(exc: BaseException) -> DataError | None:
+    """The `DataError` inside Ray's wrappers (task errors, user-code errors, causes), or None."""
+    pending: list[BaseException] = [exc]
+    for _ in range(64):  # a few wrappers deep; bounded against cycles
+        if not pending:
+            return None
+        err = pending.pop(0)
+        if isinstance(err, DataError):
+            return DataError(str(err).strip().splitlines()[0]) if str(err).strip() else err
+        nested = [getattr(err, "cause", None), err.__cause__, err.__context__]
+        pending += [e for e in nested if isinstance(e, BaseException)]
+    return None
+
+
+__all__ = ["data_error_in", "quiet_ray_data", "read_units", "stream_batches"]
