@@ -83,14 +83,11 @@ class SourceIndex:
             return self.rels.take(pa.array(items, pa.int64())).to_pylist()
         assert self.parquet is not None
         starts = self.chunk_starts()
-        out = []
-        for item in np.asarray(items, dtype=np.int64).tolist():
-            group = int(np.searchsorted(starts, item, side="right")) - 1
-            file_index = int(self.parquet.groups[group, 0])
-            out.append(
-                f"{self.parquet.files[file_index][2]}#{_file_row(self.parquet, group) + item - starts[group]}"
-            )
-        return out
+        items = np.asarray(items, dtype=np.int64)
+        groups = np.searchsorted(starts, items, side="right") - 1
+        rows = items - starts[groups] + _first_file_rows(self.parquet)[groups]  # row within its file
+        rels = [self.parquet.files[int(f)][2] for f in self.parquet.groups[:, 0]]
+        return [f"{rels[g]}#{r}" for g, r in zip(groups.tolist(), rows.tolist(), strict=True)]
 
     def read(self, items: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Decode images in the given order, at most a chunk or `FETCH_BATCH` files at a time.
@@ -145,11 +142,13 @@ class SourceIndex:
                 yield got + starts[group], images
 
 
-def _file_row(listing: ParquetListing, group: int) -> int:
-    """The file row of a listed row group's first row."""
-    file_index, number, _ = (int(v) for v in listing.groups[group])
-    same = listing.groups[(listing.groups[:, 0] == file_index) & (listing.groups[:, 1] < number)]
-    return int(same[:, 2].sum())
+def _first_file_rows(listing: ParquetListing) -> np.ndarray:
+    """(K,) the file row of each listed row group's first row."""
+    rows = listing.groups[:, 2]
+    before = np.cumsum(rows) - rows  # rows of all earlier groups
+    new_file = np.concatenate([[True], np.diff(listing.groups[:, 0]) != 0])
+    file_start = np.maximum.accumulate(np.where(new_file, before, 0))
+    return (before - file_start).astype(np.int64)
 
 
 def index_source(data: DataConfig, size: tuple[int, int], channels: int) -> SourceIndex:

@@ -72,19 +72,20 @@ class _Decode:
 
 
 def stream_batches(
-    index: Any, items: np.ndarray, plan: RankPlan, model_cfg: Any, device: torch.device
+    index: Any, items: np.ndarray, plans: RankPlan | list[RankPlan], model_cfg: Any, device: torch.device
 ) -> Iterator[Batch]:
-    """The plan's batches, read through Ray Data.
+    """The plans' batches, one plan after the other, read through one Ray Data execution.
 
     Args:
         index: the `SourceIndex` (or an ObjectRef of it).
-        items: (n_split,) the split's image numbers; the plan's positions index into it.
-        plan: this rank's plan for the epoch.
+        items: (n_split,) the split's image numbers; the plans' positions index into it.
+        plans: this rank's plan, or its plans for the passes of one epoch (one execution, not one
+            per pass: a small set takes many passes).
         model_cfg: the model's `VAEConfig` (its range).
         device: where the batches go.
 
     Returns:
-        Iterator of (images (B, C, H, W), labels (B,)) on `device`, as `plan.batches` says.
+        Iterator of (images (B, C, H, W), labels (B,)) on `device`, as each plan's `batches` say.
 
     Raises:
         DataError: a file could not be read or decoded (the loader's one-line message).
@@ -92,18 +93,21 @@ def stream_batches(
     import ray
     import ray.data
 
-    seq = items[plan.reading()]  # (n,) image numbers in reading order
-    units = read_units(plan.chunks)
+    plans = plans if isinstance(plans, list) else [plans]
+    seq = np.concatenate([items[plan.reading()] for plan in plans])  # image numbers in reading order
+    units, offset = [], 0
+    for plan in plans:  # a unit never spans two plans
+        units += [(lo + offset, hi + offset) for lo, hi in read_units(plan.chunks)]
+        offset += len(plan.perm)
     if not units:
         return
-    los, his = (np.asarray(v, dtype=np.int64) for v in zip(*units, strict=True))
     ds = ray.data.from_items(
-        [{"lo": lo, "hi": hi} for lo, hi in zip(los.tolist(), his.tolist(), strict=True)],
-        override_num_blocks=len(units),
+        [{"lo": lo, "hi": hi} for lo, hi in units], override_num_blocks=len(units)
     ).map_batches(_Decode(index, ray.put(seq), model_cfg), batch_size=1, batch_format="numpy")
-    blocks = ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=PREFETCH_BLOCKS)
+    blocks = _arrays(ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=PREFETCH_BLOCKS))
     try:
-        yield from _shuffled(_arrays(blocks), plan, device)
+        for plan in plans:
+            yield from _shuffled(blocks, plan, device)
     except Exception as exc:  # a task's DataError arrives wrapped by Ray
         found = data_error_in(exc)
         if found is None:
@@ -131,7 +135,7 @@ def _shuffled(
     start, held, ready = 0, 0, 0
     sizes = iter(plan.batches)
     want = next(sizes, 0)
-    for x, y in blocks:
+    for x, y in blocks if n else ():
         held_x.append(x)
         held_y.append(y)
         held += len(y)
@@ -150,6 +154,8 @@ def _shuffled(
                 yield _to(bx[at : at + want], by[at : at + want], device)
                 at, want = at + want, next(sizes, 0)
             out_x, out_y, ready = [bx[at:]], [by[at:]], ready - at
+        if start == n and not want:
+            return  # the plan is done; the next plan's blocks stay in `blocks`
     if start != n or want:
         raise RuntimeError(f"the stream gave {start + held} of the plan's {n} images")
 

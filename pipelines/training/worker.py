@@ -134,10 +134,18 @@ class _Shards:
         return _planned_batches(images, labels, plan, self.device)
 
     def train_batches(self, seed: int, data_epoch: int) -> Iterator[Batch]:
-        plan = plan_epoch(
-            self.chunks["train"], seed, data_epoch, self.rank, self.world, self.batch, self.window
-        )
-        return self._batches("train", plan)
+        return self.epoch_batches(seed, [data_epoch])
+
+    def epoch_batches(self, seed: int, data_epochs: list[int]) -> Iterator[Batch]:
+        """The batches of consecutive data epochs (an epoch's passes), streamed in one execution."""
+        plans = [
+            plan_epoch(self.chunks["train"], seed, e, self.rank, self.world, self.batch, self.window)
+            for e in data_epochs
+        ]
+        if self.stream is not None:
+            items = self.stream_items("train")
+            return stream_batches(self.index_ref, items, plans, self.model_cfg, self.device)
+        return itertools.chain.from_iterable(self._batches("train", plan) for plan in plans)
 
     def val_batches(self) -> Iterator[Batch]:
         return self._batches("val", plan_eval(self.chunks["val"], self.rank, self.world, VAL_BATCH))
@@ -145,9 +153,7 @@ class _Shards:
 
 def _epoch_batches(shards: _Shards, seed: int, epoch: int, passes: int) -> Iterator[Batch]:
     """An epoch of `passes` passes: pass p of epoch e shuffles as data epoch (e - 1) * passes + p + 1."""
-    return itertools.chain.from_iterable(
-        shards.train_batches(seed, (epoch - 1) * passes + p + 1) for p in range(passes)
-    )
+    return shards.epoch_batches(seed, [(epoch - 1) * passes + p + 1 for p in range(passes)])
 
 
 def _reduce(
