@@ -6,8 +6,12 @@ Every message names the problem and the fix, e.g.
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from pipelines.redaction import redact_text
 from vae.config import ConfigError
+
+_E = TypeVar("_E", bound=BaseException)
 
 
 class PipelineError(Exception):
@@ -35,7 +39,41 @@ class ModelError(PipelineError):
     """A saved model is missing, corrupt, or cannot do what was asked."""
 
 
+def find_error(exc: BaseException, kind: type[_E]) -> _E | None:
+    """The first `kind` error inside Ray's wrappers (a run's failure, its worker failures, task errors,
+    their wrapped user errors and causes), or None.
+
+    Ray re-raises a worker's or a task's exception wrapped, often with a traceback in its message;
+    the driver raises what this finds, a one-line user error that no retry or resume can fix.
+    """
+    pending: list[BaseException] = [exc]
+    for _ in range(64):  # a few wrappers deep; bounded against cycles
+        if not pending:
+            return None
+        err = pending.pop(0)
+        # Ray's RayTaskError(X) is also an X, with Ray's traceback as its text: prefer its cause.
+        if isinstance(err, kind) and not isinstance(getattr(err, "cause", None), kind):
+            return err
+        nested = [
+            getattr(err, "_base_exc", None),
+            getattr(err, "cause", None),
+            err.__cause__,
+            err.__context__,
+        ]
+        nested += list((getattr(err, "worker_failures", None) or {}).values())
+        pending += [e for e in nested if isinstance(e, BaseException)]
+    return None
+
+
 #: Everything the CLI reports as a one-line error instead of a traceback.
 USER_ERRORS: tuple[type[BaseException], ...] = (PipelineError, ConfigError)
 
-__all__ = ["USER_ERRORS", "ConfigError", "DataError", "ModelError", "PipelineError", "StorageError"]
+__all__ = [
+    "USER_ERRORS",
+    "ConfigError",
+    "DataError",
+    "ModelError",
+    "PipelineError",
+    "StorageError",
+    "find_error",
+]

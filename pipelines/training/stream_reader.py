@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from pipelines.data.order import RankPlan
-from pipelines.errors import DataError
+from pipelines.errors import DataError, find_error
 
 #: Images per Ray Data read unit at least (whole chunks: a Parquet row group is never split).
 UNIT_IMAGES = 256
@@ -168,17 +168,12 @@ def _to(x: np.ndarray, y: np.ndarray, device: torch.device) -> Batch:
 
 
 def data_error_in(exc: BaseException) -> DataError | None:
-    """The `DataError` inside Ray's wrappers (task errors, user-code errors, causes), or None."""
-    pending: list[BaseException] = [exc]
-    for _ in range(64):  # a few wrappers deep; bounded against cycles
-        if not pending:
-            return None
-        err = pending.pop(0)
-        if isinstance(err, DataError):
-            return DataError(str(err).strip().splitlines()[0]) if str(err).strip() else err
-        nested = [getattr(err, "cause", None), err.__cause__, err.__context__]
-        pending += [e for e in nested if isinstance(e, BaseException)]
-    return None
+    """The `DataError` inside Ray's wrappers, as a one-line error (Ray may append a traceback), or None."""
+    found = find_error(exc, DataError)
+    if found is None:
+        return None
+    text = str(found).strip()
+    return DataError(text.splitlines()[0]) if text else found
 
 
 __all__ = ["data_error_in", "quiet_ray_data", "read_units", "stream_batches"]

@@ -34,6 +34,7 @@ import torch.distributed as dist
 
 from pipelines.config import config_from_dict
 from pipelines.data.order import RankPlan, plan_epoch, plan_eval, shuffle_window
+from pipelines.errors import find_error
 from pipelines.training.checkpoint import load_checkpoint, restore_rng, save_checkpoint
 from pipelines.training.common import epoch_row
 from pipelines.training.stream_reader import quiet_ray_data, stream_batches
@@ -250,22 +251,9 @@ def _train_checked(
 
 
 def divergence_of(exc: BaseException) -> TrainingDivergedError | None:
-    """The workers' `TrainingDivergedError` inside Ray Train's wrappers (the run's failure, its worker
-    failures, their wrapped user errors and causes), or None when the run failed for another reason.
-
-    The driver raises it as is: a one-line `ConfigError` that no retry or resume can fix.
-    """
-    pending: list[BaseException] = [exc]
-    for _ in range(64):  # a few wrappers deep; bounded against cycles
-        if not pending:
-            return None
-        err = pending.pop(0)
-        if isinstance(err, TrainingDivergedError):
-            return err
-        nested = [getattr(err, "_base_exc", None), getattr(err, "cause", None), err.__cause__]
-        nested += list((getattr(err, "worker_failures", None) or {}).values())
-        pending += [e for e in nested if isinstance(e, BaseException)]
-    return None
+    """The workers' `TrainingDivergedError` inside Ray Train's wrappers, or None when the run failed
+    for another reason. The driver raises it as is: a one-line `ConfigError` no resume can fix."""
+    return find_error(exc, TrainingDivergedError)
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
