@@ -49,6 +49,8 @@ class SourceIndex:
         nbytes: bytes on storage of the listed files.
         fingerprint: sha256 hex of the listing (names, sizes, stamps, labels) and the target shape.
         rels: folder: (N,) Arrow strings, each file relative to the root; None for Parquet.
+        file_sizes: folder: (N,) int64 bytes of each file, so a read asks for exactly them (s3fs
+            would first ask each object's size); None for Parquet.
         parquet: the Parquet listing (files and row groups); None for a folder.
     """
 
@@ -61,6 +63,7 @@ class SourceIndex:
     nbytes: int
     fingerprint: str
     rels: pa.Array | None = None
+    file_sizes: np.ndarray | None = None
     parquet: ParquetListing | None = None
 
     def __len__(self) -> int:
@@ -106,14 +109,16 @@ class SourceIndex:
         if self.rels is not None:
             for start in range(0, len(items), FETCH_BATCH):
                 part = items[start : start + FETCH_BATCH]
-                yield part, self._read_files(fs, root, self.rels.take(pa.array(part)).to_pylist())
+                yield part, self._read_files(fs, root, self.rels.take(pa.array(part)).to_pylist(), part)
             return
         yield from self._read_groups(fs, items)
 
-    def _read_files(self, fs: Any, root: str, rels: list[str]) -> np.ndarray:
+    def _read_files(self, fs: Any, root: str, rels: list[str], items: np.ndarray) -> np.ndarray:
         from pipelines.data.folder import corrupt_image, unreadable_image
 
-        blobs = fs.cat_ranges([f"{root}/{rel}" for rel in rels], None, None, on_error="return")
+        assert self.file_sizes is not None
+        ends = self.file_sizes[items].tolist()  # listed sizes: no size request per object
+        blobs = fs.cat_ranges([f"{root}/{rel}" for rel in rels], [0] * len(rels), ends, on_error="return")
         out = np.empty((len(rels), self.channels, *self.size), dtype=np.float32)  # (n, C, H, W)
         for i, (rel, blob) in enumerate(zip(rels, blobs, strict=True)):
             name = display_name(self.data.path or "", rel)
@@ -183,6 +188,7 @@ def index_source(data: DataConfig, size: tuple[int, int], channels: int) -> Sour
             nbytes=int(listing.sizes.sum()),
             fingerprint=digest,
             rels=pa.array(listing.rels, pa.string()),
+            file_sizes=listing.sizes,
         )
     from pipelines.data.parquet import scan_parquet
 

@@ -116,7 +116,8 @@ def plan_eval(chunk_of: np.ndarray, rank: int, world: int, batch: int) -> RankPl
     mine = np.stack([starts[rank::world], counts[rank::world]], axis=1).reshape(-1, 2)
     n = int(mine[:, 1].sum())
     cuts = [min(batch, n - i) for i in range(0, n, batch)]
-    return RankPlan(chunks=mine, perm=np.arange(n), batches=cuts, window=max(1, n))
+    # Nothing is shuffled: a window of one batch lets a streaming reader hold one batch, not the shard.
+    return RankPlan(chunks=mine, perm=np.arange(n), batches=cuts, window=max(1, batch))
 
 
 def _owners(counts: np.ndarray, world: int) -> np.ndarray:

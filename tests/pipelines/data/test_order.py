@@ -130,6 +130,7 @@ def test_eval_plan_covers_the_split_once_in_reading_order(layout: str, world: in
         assert np.array_equal(plan.order, plan.reading())  # no shuffle
         assert sum(plan.batches) == len(plan.order)
         assert all(1 <= b <= BATCH for b in plan.batches)
+        assert plan.window <= BATCH  # a streaming reader holds one batch of the held-out shard, not all
 
 
 def test_eval_plan_may_leave_a_rank_without_images() -> None:
