@@ -49,7 +49,7 @@ def check_reachable(address: str) -> None:
         ) from None
 
 
-def _no_uv_hook() -> None:
+def no_uv_hook() -> None:
     """Turn off Ray's `uv run` hook for a local cluster, unless the user set it explicitly.
 
     Under `uv run` the hook ships the working directory and has every worker run `uv run` again:
@@ -103,7 +103,7 @@ def _start_local_ray(cfg: RayConfig) -> None:
 
     from pipelines.watchdog import start_watchdog
 
-    _no_uv_hook()
+    no_uv_hook()
     start_watchdog()  # before ray.init: Ray's processes must inherit the run's mark
     with loopback_only():
         # The dashboard serves Ray's state API, which Ray Train V2 polls to clean up after its

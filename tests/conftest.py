@@ -98,8 +98,9 @@ def ray_session(s3_env_for_ray) -> Iterator[None]:
     listening on 127.0.0.1 only like the one `vaeaug` starts."""
     import ray
 
-    from pipelines.raycluster import loopback_only
+    from pipelines.raycluster import loopback_only, no_uv_hook
 
+    no_uv_hook()  # as `vaeaug` does: under `uv run` (CI) every worker would start through `uv run`
     if not ray.is_initialized():
         with loopback_only():
             ray.init(

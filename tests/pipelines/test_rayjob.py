@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -45,7 +46,9 @@ def job_server(tmp_path_factory):
         f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
         f"--metrics-export-port={_free_port()}", f"--runtime-env-agent-port={_free_port()}",
     ]  # fmt: skip
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     address = f"http://127.0.0.1:{dash}"
     try:
         from ray.job_submission import JobSubmissionClient
@@ -61,11 +64,16 @@ def job_server(tmp_path_factory):
                 time.sleep(1)
         yield address
     finally:
-        proc.terminate()  # `ray start --block` tears down its node on SIGTERM
+        proc.terminate()  # `ray start --block` tears down its node on SIGTERM...
         try:
-            proc.wait(timeout=60)
+            proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            pass
+        try:  # ...slowly (30 s): end its whole session (GCS, raylet, workers) at once
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=30)
         shutil.rmtree(temp, ignore_errors=True)
 
 
