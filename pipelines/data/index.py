@@ -88,7 +88,7 @@ class SourceIndex:
         starts = self.chunk_starts()
         items = np.asarray(items, dtype=np.int64)
         groups = np.searchsorted(starts, items, side="right") - 1
-        rows = items - starts[groups] + _first_file_rows(self.parquet)[groups]  # row within its file
+        rows = items - starts[groups] + self.parquet.first_file_rows()[groups]  # row within its file
         rels = [self.parquet.files[int(f)][2] for f in self.parquet.groups[:, 0]]
         return [f"{rels[g]}#{r}" for g, r in zip(groups.tolist(), rows.tolist(), strict=True)]
 
@@ -145,15 +145,6 @@ class SourceIndex:
                 fs, self.parquet, int(group), rows, self.data.image_column, self.size, self.channels
             ):
                 yield got + starts[group], images
-
-
-def _first_file_rows(listing: ParquetListing) -> np.ndarray:
-    """(K,) the file row of each listed row group's first row."""
-    rows = listing.groups[:, 2]
-    before = np.cumsum(rows) - rows  # rows of all earlier groups
-    new_file = np.concatenate([[True], np.diff(listing.groups[:, 0]) != 0])
-    file_start = np.maximum.accumulate(np.where(new_file, before, 0))
-    return (before - file_start).astype(np.int64)
 
 
 def index_source(data: DataConfig, size: tuple[int, int], channels: int) -> SourceIndex:

@@ -48,6 +48,14 @@ class ParquetListing:
     sizes: list[int]
     stamps: list[str]
 
+    def first_file_rows(self) -> np.ndarray:
+        """(K,) the file row of each listed row group's first row."""
+        rows = self.groups[:, 2]
+        before = np.cumsum(rows) - rows  # rows of all earlier groups
+        new_file = np.concatenate([[True], np.diff(self.groups[:, 0]) != 0])
+        file_start = np.maximum.accumulate(np.where(new_file, before, 0))
+        return (before - file_start).astype(np.int64)
+
 
 def scan_parquet(data: DataConfig) -> tuple[AbstractFileSystem, ParquetListing]:
     """List a Parquet source: footers, schemas and the label column only (bounded by `data.limit`).
@@ -116,7 +124,7 @@ def read_group_images(
     """
     file_index, number, _ = (int(v) for v in listing.groups[group])
     full, name, _ = listing.files[file_index]
-    first = int(sum(int(r) for f, g, r in listing.groups if f == file_index and g < number))
+    first = int(listing.first_file_rows()[group])
     try:
         fh = fs.open(full, "rb")
     except OSError as exc:

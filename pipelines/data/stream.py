@@ -19,6 +19,7 @@ import torch
 
 from pipelines.data.imageset import ImageSet, split_indices
 from pipelines.data.index import STREAMABLE, SourceIndex, index_source
+from pipelines.data.order import split_chunks
 
 if TYPE_CHECKING:
     from pipelines.config import PipelineConfig
@@ -131,9 +132,8 @@ def _sample_chunks(index: SourceIndex, items: np.ndarray, cap: int, seed: int) -
     """Items of whole chunks, in a seeded random chunk order, until `cap` images (all if fewer)."""
     if len(items) <= cap:
         return items
-    chunks = index.chunk_of[items]
-    starts = np.concatenate([[0], np.flatnonzero(np.diff(chunks)) + 1])
-    ends = np.concatenate([starts[1:], [len(items)]])
+    starts, counts = split_chunks(index.chunk_of[items])
+    ends = starts + counts
     order = np.random.default_rng([int(seed), 7]).permutation(len(starts))
     taken, total = [], 0
     for k in order:
