@@ -19,7 +19,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from vae.config import VAEConfig
-from vae.losses import VAELoss, vae_loss
 
 
 @dataclass
@@ -244,10 +243,6 @@ class VAE(nn.Module):
         z = post.sample(generator)
         logits = self.decode_logits(z, y)
         return VAEOutput(recon=self._activation(logits), logits=logits, z=z, posterior=post)
-
-    def loss(self, x: torch.Tensor, out: VAEOutput) -> VAELoss:
-        """Reconstruction + beta * KL per sample, averaged over the batch (see `vae.losses`)."""
-        return vae_loss(x, out, self.cfg)
 
     def draw_latents(
         self, eps: torch.Tensor, labels: torch.Tensor | None = None, temperature: float = 1.0

@@ -153,7 +153,6 @@ def train_step(
     x: torch.Tensor,
     y: torch.Tensor | None = None,
     autocast_dtype: torch.dtype | None = None,
-    grad_clip: float | None = None,
 ) -> dict[str, float]:
     """One optimizer step on a batch.
 
@@ -163,7 +162,6 @@ def train_step(
         x: images (B, C, H, W) on the model's device, in the data range.
         y: labels (B,) (used only by conditional models).
         autocast_dtype: e.g. torch.bfloat16 for mixed precision; None for full precision.
-        grad_clip: max global gradient norm, or None.
 
     Returns:
         Batch-mean loss terms as floats: loss, recon, kl.
@@ -182,8 +180,6 @@ def train_step(
         raise TrainingDivergedError(Divergence("loss", terms, lr=lr))
     optimizer.zero_grad(set_to_none=True)
     loss.total.backward()
-    if grad_clip is not None:
-        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
     return terms
 
@@ -199,7 +195,7 @@ def eval_step(
     model.eval()
     vae = unwrap(model)
     out = vae(x, _labels(model, y), generator=generator)
-    return vae.loss(x, out).item()
+    return vae_loss(x, out, vae.cfg).item()
 
 
 def run_epoch(

@@ -15,15 +15,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import fsspec
-
-from pipelines.config import PipelineConfig, save_config
+from pipelines.config import PipelineConfig, config_yaml
 from pipelines.data.imageset import ImageSet
+from pipelines.storage import join, open_url
 from pipelines.visualize import loss_curve, png_bytes, sample_grid
 from vae.io import SavedModel, save_model
 from vae.model import VAE
 
-METRICS_FILE = "metrics.json"
+#: The exported model's metrics history: one JSON array of epoch rows (a run's own record, one
+#: line per epoch as it trains, is `ray_train.RUN_METRICS_FILE`).
+MODEL_METRICS_FILE = "metrics.json"
 LOSS_CURVE_FILE = "loss_curve.png"
 GRID_FILE = "samples.png"
 CONFIG_COPY = "pipeline.yaml"
@@ -84,21 +85,31 @@ def export_trained_model(
         "epochs_trained": int(history[-1]["epoch"]) if history else 0,
     }
     saved: SavedModel = save_model(model, cfg.model_dir, extra=extra)
-    fs, root = fsspec.core.url_to_fs(cfg.model_dir)
-    root = root.rstrip("/")
-    fs.pipe_file(f"{root}/{METRICS_FILE}", json.dumps(list(history), indent=2).encode())
-    if history:
-        fs.pipe_file(f"{root}/{LOSS_CURVE_FILE}", loss_curve(history))
-    grid = sample_grid(model, preview.images, preview.labels, class_names, seed=cfg.train.seed)
-    fs.pipe_file(f"{root}/{GRID_FILE}", png_bytes(grid))
-    fs.pipe_file(f"{root}/{CONFIG_COPY}", save_config(cfg).encode())
+    _write_reports(model, cfg, class_names, history, preview)
     return TrainResult(
         model_dir=cfg.model_dir,
         sha256=saved.sha256,
         history=list(history),
-        grid_path=cfg.model_dir.rstrip("/") + "/" + GRID_FILE,
+        grid_path=join(cfg.model_dir, GRID_FILE),
         resumed_from_epoch=resumed_from_epoch,
     )
+
+
+def _write_reports(
+    model: VAE,
+    cfg: PipelineConfig,
+    class_names: Sequence[str],
+    history: Sequence[dict[str, Any]],
+    preview: ImageSet,
+) -> None:
+    """The metrics history, its loss curve, the sample grid and the config, next to the model."""
+    fs, root = open_url(cfg.model_dir)
+    fs.pipe_file(join(root, MODEL_METRICS_FILE), json.dumps(list(history), indent=2).encode())
+    if history:
+        fs.pipe_file(join(root, LOSS_CURVE_FILE), loss_curve(history))
+    grid = sample_grid(model, preview.images, preview.labels, class_names, seed=cfg.train.seed)
+    fs.pipe_file(join(root, GRID_FILE), png_bytes(grid))
+    fs.pipe_file(join(root, CONFIG_COPY), config_yaml(cfg).encode())
 
 
 def read_train_result(model_dir: str) -> TrainResult:
@@ -113,9 +124,7 @@ def read_train_result(model_dir: str) -> TrainResult:
     from vae.io import model_checksum
 
     sha = model_checksum(model_dir)
-    fs, root = fsspec.core.url_to_fs(model_dir)
-    metrics = f"{root.rstrip('/')}/{METRICS_FILE}"
+    fs, root = open_url(model_dir)
+    metrics = join(root, MODEL_METRICS_FILE)
     history = json.loads(fs.cat_file(metrics)) if fs.exists(metrics) else []
-    return TrainResult(
-        model_dir=model_dir, sha256=sha, history=history, grid_path=model_dir.rstrip("/") + "/" + GRID_FILE
-    )
+    return TrainResult(model_dir=model_dir, sha256=sha, history=history, grid_path=join(model_dir, GRID_FILE))

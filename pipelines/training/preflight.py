@@ -12,12 +12,12 @@ import hashlib
 import json
 import logging
 import os
-import uuid
 from typing import Any
 
 from pipelines.config import PipelineConfig, TrainConfig
-from pipelines.errors import PipelineError, StorageError
+from pipelines.errors import PipelineError
 from pipelines.raycluster import ClusterInfo
+from pipelines.storage import join, probe_writable_arrow, strip_slash
 from vae.config import VAEConfig
 
 log = logging.getLogger(__name__)
@@ -25,12 +25,17 @@ log = logging.getLogger(__name__)
 RUN_FILE = "run.json"
 #: Train settings that change the result, hence the derived run name.
 RESULT_KEYS = ("batch_size", "lr", "weight_decay", "val_fraction", "seed", "min_steps")
+#: The fix `check_storage`'s error gives.
+STORAGE_FIX = (
+    "give a writable local path, or an s3:// / gs:// URL whose bucket exists and whose credentials "
+    "allow writes"
+)
 
 
 def resolve_storage(storage_path: str) -> str:
     """A storage location every Ray node can use: URLs as given, local paths made absolute."""
     if "://" in storage_path and not storage_path.startswith("file://"):
-        return storage_path.rstrip("/")
+        return strip_slash(storage_path)
     local = storage_path.removeprefix("file://")
     return os.path.abspath(os.path.expanduser(local))
 
@@ -43,24 +48,9 @@ def check_storage(storage: str, run_name: str) -> None:
         run_name: the run's folder.
 
     Raises:
-        StorageError: the location cannot be written (the message names it).
+        StorageError: the location cannot be written (the message names train.storage_path).
     """
-    import pyarrow
-    from pyarrow import fs as pafs
-
-    probe = f"{storage}/{run_name}/.write-probe-{uuid.uuid4().hex[:8]}"
-    try:
-        filesystem, path = pafs.FileSystem.from_uri(probe)
-        filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
-        with filesystem.open_output_stream(path) as out:
-            out.write(b"ok")
-        filesystem.delete_file(path)
-    except (OSError, ValueError, pyarrow.ArrowException) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise StorageError(
-            f"train.storage_path '{storage}' is not writable ({reason}): give a writable local "
-            "path, or an s3:// / gs:// URL whose bucket exists and whose credentials allow writes"
-        ) from None
+    probe_writable_arrow(join(storage, run_name), "train.storage_path", fix=STORAGE_FIX)
 
 
 def resolve_use_gpu(train: TrainConfig, cluster: ClusterInfo) -> bool:
@@ -154,7 +144,7 @@ def claim_run(storage: str, run_name: str, key: dict[str, Any]) -> None:
     """Record the run's key; refuse to resume a run whose model does not match this config."""
     from pyarrow import fs as pafs
 
-    filesystem, path = pafs.FileSystem.from_uri(f"{storage}/{run_name}/{RUN_FILE}")
+    filesystem, path = pafs.FileSystem.from_uri(join(storage, run_name, RUN_FILE))
     if filesystem.get_file_info(path).type == pafs.FileType.File:
         with filesystem.open_input_stream(path) as src:
             old = json.loads(src.read())

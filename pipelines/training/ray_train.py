@@ -17,7 +17,6 @@ checkpointing and failure settings, storage_path).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import threading
@@ -26,17 +25,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 
-from pipelines.config import PipelineConfig, TrainConfig
+from pipelines.config import PipelineConfig, TrainConfig, config_from_dict
 from pipelines.console import console
 from pipelines.data.imageset import ImageSet
 from pipelines.errors import PipelineError
 from pipelines.raycluster import ensure_ray
+from pipelines.storage import join
 from pipelines.training.checkpoint import load_checkpoint
-from pipelines.training.common import format_epoch, model_config_for
+from pipelines.training.epochs import format_epoch
 from pipelines.training.export import TrainResult, export_trained_model
+from pipelines.training.model_config import model_config_for
 from pipelines.training.preflight import (
     check_storage,
     claim_run,
@@ -48,11 +48,21 @@ from pipelines.training.preflight import (
     run_key,
 )
 from pipelines.training.stream_reader import data_error_in
-from pipelines.training.worker import divergence_of, train_loop_per_worker
+from pipelines.training.worker import (
+    ARGS_KEY,
+    SplitArrays,
+    WorkerArgs,
+    WorkerData,
+    divergence_of,
+    train_loop_per_worker,
+)
+from vae.config import VAEConfig
 
 log = logging.getLogger(__name__)
 
-METRICS_FILE = "metrics.jsonl"
+#: A run's own metrics record, next to its checkpoints: one JSON line per epoch, rewritten by rank 0
+#: every epoch (the exported model's history is `export.MODEL_METRICS_FILE`).
+RUN_METRICS_FILE = "metrics.jsonl"
 #: Ray Train V2's controller takes one `report` per poll (every 2 s by default) and `report` blocks on a
 #: queue of one, which would pace short epochs at 2 s each; poll faster unless the user set it.
 POLL_ENV, POLL_S = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2"
@@ -79,20 +89,47 @@ class DistributedTrainResult(TrainResult):
     autocast: str | None = None
 
 
+@dataclass(frozen=True)
+class _Run:
+    """A run that passed the checks: what it trains, under which name, where and on what.
+
+    Attributes:
+        cfg: the pipeline config, `train.run_name` set to `name` (recorded as run).
+        name: the run name (given, or derived from `run_key`).
+        storage: from `resolve_storage`; the run lives in `{storage}/{name}`.
+        use_gpu: one GPU per worker.
+        cpus: CPUs (torch threads) per worker.
+        model: the model config, `num_classes` resolved from the data.
+        fingerprint: the data's fingerprint.
+    """
+
+    cfg: PipelineConfig
+    name: str
+    storage: str
+    use_gpu: bool
+    cpus: int
+    model: VAEConfig
+    fingerprint: str
+
+    @property
+    def dir(self) -> str:
+        return join(self.storage, self.name)
+
+
 # ------------------------------------------------------------------------------------------- data
-def _data_config(data: ImageSet, train_set: ImageSet, val_set: ImageSet) -> dict[str, Any]:
-    """The loop config's data keys: the arrays (once in the object store, shared by the workers of a
+def worker_data(data: ImageSet, train_set: ImageSet, val_set: ImageSet) -> WorkerData:
+    """What the workers read: the arrays (once in the object store, shared by the workers of a
     node), or the streamed source's index and split (the workers read the images themselves)."""
     import ray
 
     if data.stream is not None:
-        return {"data": None, "stream": ray.put(data.stream)}
+        return WorkerData(stream=ray.put(data.stream))
 
-    def arrays(part: ImageSet) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def arrays(part: ImageSet) -> SplitArrays:
         chunks = part.chunks if part.chunks is not None else torch.arange(len(part))
-        return part.images.numpy(), part.labels.numpy(), chunks.numpy()
+        return SplitArrays(part.images.numpy(), part.labels.numpy(), chunks.numpy())
 
-    return {"data": ray.put({"train": arrays(train_set), "val": arrays(val_set)}), "stream": None}
+    return WorkerData(arrays=ray.put({"train": arrays(train_set), "val": arrays(val_set)}))
 
 
 def _worker_cpus(cpus: int, num_workers: int, nodes: list[tuple[float, float]], streaming: bool) -> float:
@@ -105,6 +142,13 @@ def _worker_cpus(cpus: int, num_workers: int, nodes: list[tuple[float, float]], 
     if not streaming or spare >= 1:
         return float(cpus)
     return float(cpus - 1) if cpus >= 2 else 0.5
+
+
+def _split_sizes(data: ImageSet, train_set: ImageSet, val_set: ImageSet) -> tuple[int, int]:
+    """(train, held-out) images the workers see: the whole source's split when streamed."""
+    if data.stream is None:
+        return len(train_set), len(val_set)
+    return len(data.stream.train_items), len(data.stream.val_items)
 
 
 @contextmanager
@@ -147,7 +191,7 @@ def _uri(storage: str, path: str) -> str:
 
 def train_distributed(
     cfg: PipelineConfig,
-    data: ImageSet | None = None,
+    data: ImageSet,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
 ) -> DistributedTrainResult:
     """Train `cfg.model` with Ray Train, checkpointing to `train.storage_path`, then export it.
@@ -157,7 +201,7 @@ def train_distributed(
 
     Args:
         cfg: pipeline config (`train`: workers, epochs, storage, run name...; `ray`: where Ray is).
-        data: the images in the model's range; None loads `cfg.data`.
+        data: the images in the model's range (`pipelines.data.stream.load_data_for`).
         on_epoch: called with each epoch's metrics row as it finishes (from a helper thread);
             None logs `format_epoch` lines at INFO.
 
@@ -172,53 +216,86 @@ def train_distributed(
     import ray
     from ray.util.queue import Queue
 
+    run = _check_run(cfg, data)
+    t = run.cfg.train
+    train_set, val_set = data.split(t.val_fraction, seed=t.seed)  # a sample's own split when streamed
+    queue = Queue(actor_options={"num_cpus": 0})
+    try:
+        args = _worker_args(run, data, train_set, val_set, queue)
+        streaming = data.stream is not None
+        reserved = _worker_cpus(run.cpus, t.num_workers, node_resources(), streaming)
+        trainer = _trainer(t, run, reserved, args)
+        console.line(
+            f"training run {run.name}: {t.num_workers} worker(s) x {run.cpus} CPU"
+            f"{' + 1 GPU' if run.use_gpu else ''}, "
+            f"{'data streamed from storage by Ray Data' if streaming else 'in-memory data'}, "
+            f"checkpoints in {run.dir}"
+        )
+        show = on_epoch or (lambda row: log.info(format_epoch(row, t.epochs)))
+        result, starts = _fit(trainer, queue, run.name, show)
+    finally:
+        ray.kill(queue.actor)
+    return _export(run, data, train_set, val_set, result, starts)
+
+
+def _check_run(cfg: PipelineConfig, data: ImageSet) -> _Run:
+    """Check the cluster, the workers' resources and the storage; name the run and claim its folder.
+
+    Raises:
+        PipelineError: an unreachable cluster, settings it cannot run, or a run name that trains
+            another model.
+        StorageError: `train.storage_path` is not writable.
+    """
     t = cfg.train
-    if t.num_workers < 1:
-        raise PipelineError(f"train.num_workers={t.num_workers}: must be >= 1")
     cluster = ensure_ray(cfg.ray)
     use_gpu = resolve_use_gpu(t, cluster)
     cpus = resolve_cpus_per_worker(t, use_gpu, node_resources())
     storage = resolve_storage(t.storage_path)
     if cluster.num_nodes > 1 and "://" not in storage:
         log.warning("storage_path %s is local on a multi-node cluster: it must be shared", storage)
-    if data is None:
-        from pipelines.data.stream import load_data_for
-
-        data = load_data_for(cfg)
     model_cfg = model_config_for(cfg, data)
     fingerprint = data.fingerprint()
     key = run_key(cfg, model_cfg, fingerprint)
     run_name = t.run_name or derive_run_name(key)
     check_storage(storage, run_name)
     claim_run(storage, run_name, key)
-    cfg = dataclasses.replace(cfg, train=dataclasses.replace(t, run_name=run_name))  # recorded as run
+    named = cfg.model_copy(update={"train": t.model_copy(update={"run_name": run_name})})
+    return _Run(named, run_name, storage, use_gpu, cpus, model_cfg, fingerprint)
 
-    train_set, val_set = data.split(t.val_fraction, seed=t.seed)  # a sample's own split when streamed
+
+def _worker_args(run: _Run, data: ImageSet, train_set: ImageSet, val_set: ImageSet, queue: Any) -> WorkerArgs:
+    """The workers' `WorkerArgs`: the redacted config, the model, the data, and where to report."""
     n_train, n_val = _split_sizes(data, train_set, val_set)
-    queue = Queue(actor_options={"num_cpus": 0})
-    loop_config = {
-        # Redacted: Ray keeps the loop config with the run and rank 0 stores it in every checkpoint,
-        # while the workers need no credentials (the data reaches them through Ray, metrics and
-        # checkpoints go to storage with the cluster's own credentials).
-        "pipeline": cfg.to_dict(redact=True),
-        "model": model_cfg.to_dict(),
-        **_data_config(data, train_set, val_set),
-        "has_val": n_val > 0,
-        "metrics_uri": f"{storage}/{run_name}/{METRICS_FILE}",
-        "queue": queue,
-        "threads": cpus,
-        "passes": t.passes_per_epoch(n_train),
-    }
-    streaming = data.stream is not None
-    reserved = _worker_cpus(cpus, t.num_workers, node_resources(), streaming)
-    trainer = _trainer(t, run_name, storage, use_gpu, reserved, loop_config)
-    console.line(
-        f"training run {run_name}: {t.num_workers} worker(s) x {cpus} CPU{' + 1 GPU' if use_gpu else ''}, "
-        f"{'data streamed from storage by Ray Data' if streaming else 'in-memory data'}, "
-        f"checkpoints in {storage}/{run_name}"
+    pipeline = run.cfg.to_dict(redact=True)  # kept with the run and in every checkpoint: no credentials
+    return WorkerArgs(
+        train=config_from_dict(pipeline).train,
+        pipeline=pipeline,
+        model=run.model,
+        data=worker_data(data, train_set, val_set),
+        has_val=n_val > 0,
+        metrics_uri=join(run.dir, RUN_METRICS_FILE),
+        threads=run.cpus,
+        passes=run.cfg.train.passes_per_epoch(n_train),
+        queue=queue,
     )
-    show = on_epoch or (lambda row: log.info(format_epoch(row, t.epochs)))
-    starts: list[int] = []  # the epoch each (re)start of the workers resumed from
+
+
+def _fit(
+    trainer: Any, queue: Any, run_name: str, show: Callable[[dict[str, Any]], None]
+) -> tuple[Any, list[int]]:
+    """Run `trainer.fit()`, showing each epoch's row; a failed run becomes one line.
+
+    Returns:
+        (Ray Train's `Result`, the epoch each (re)start of the workers resumed from).
+
+    Raises:
+        TrainingDivergedError: the loss or weights became NaN/inf (a setting to change, not a run to resume).
+        DataError: a corrupt or unreadable file in the stream (fix the data).
+        PipelineError: any other failure (re-run to resume from the last checkpoint).
+    """
+    import ray
+
+    starts: list[int] = []
 
     def handle(message: dict[str, Any]) -> None:
         if message.get("event") != "start":
@@ -230,34 +307,40 @@ def train_distributed(
 
     try:
         with _relay(queue, handle):
-            result = trainer.fit()
+            return trainer.fit(), starts
     except ray.train.TrainingFailedError as exc:
-        diverged = divergence_of(exc)
-        if diverged is not None:  # NaN/inf loss: a setting to change, not a run to resume
-            raise diverged from None
-        unreadable = data_error_in(exc)
-        if unreadable is not None:  # a corrupt or unreadable file in the stream: fix the data
-            raise unreadable from None
-        cause = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        known = divergence_of(exc) or data_error_in(exc)
+        if known is not None:
+            raise known from None
         raise PipelineError(
-            f"training run '{run_name}' failed ({cause}); re-run with the same config (or "
+            f"training run '{run_name}' failed ({_last_line(exc)}); re-run with the same config (or "
             f"train.run_name={run_name}) to resume from its last checkpoint"
         ) from exc
-    finally:
-        ray.kill(queue.actor)
 
+
+def _last_line(exc: BaseException) -> str:
+    """The last line of an error's text (Ray Train's ends with the workers' own error), or its type."""
+    text = str(exc).strip()
+    return text.splitlines()[-1] if text else type(exc).__name__
+
+
+def _export(
+    run: _Run, data: ImageSet, train_set: ImageSet, val_set: ImageSet, result: Any, starts: list[int]
+) -> DistributedTrainResult:
+    """Export the model of the run's last checkpoint to `cfg.model_dir`, with where the run lives."""
     if result.checkpoint is None:
-        raise PipelineError(f"training run '{run_name}' finished without a checkpoint in '{storage}'")
+        raise PipelineError(f"training run '{run.name}' finished without a checkpoint in '{run.storage}'")
     with result.checkpoint.as_directory() as directory:
         state = load_checkpoint(directory, with_optimizer=False)
-    if state.epoch > t.epochs:
-        log.warning("run %s had trained %d epochs (> train.epochs=%d)", run_name, state.epoch, t.epochs)
+    epochs = run.cfg.train.epochs
+    if state.epoch > epochs:
+        log.warning("run %s had trained %d epochs (> train.epochs=%d)", run.name, state.epoch, epochs)
     info = result.return_value or {}
     exported = export_trained_model(
         state.model,
-        cfg,
+        run.cfg,
         data.class_names,
-        fingerprint,
+        run.fingerprint,
         state.history,
         val_set if len(val_set) else train_set,
         resumed_from_epoch=starts[0] if starts else int(info.get("resumed_from_epoch", 0)),
@@ -265,45 +348,31 @@ def train_distributed(
     )
     return DistributedTrainResult(
         **vars(exported),
-        run_name=run_name,
-        run_dir=f"{storage}/{run_name}",
-        checkpoint=_uri(storage, result.checkpoint.path),
+        run_name=run.name,
+        run_dir=run.dir,
+        checkpoint=_uri(run.storage, result.checkpoint.path),
         workers=list(info.get("workers", [])),
         backend=info.get("backend"),
         autocast=info.get("autocast"),
     )
 
 
-def _split_sizes(data: ImageSet, train_set: ImageSet, val_set: ImageSet) -> tuple[int, int]:
-    """(train, held-out) images the workers see: the whole source's split when streamed."""
-    if data.stream is None:
-        return len(train_set), len(val_set)
-    return len(data.stream.train_items), len(data.stream.val_items)
-
-
-def _trainer(
-    t: TrainConfig,
-    run_name: str,
-    storage: str,
-    use_gpu: bool,
-    cpus: float,
-    loop_config: dict[str, Any],
-) -> Any:
-    """The `TorchTrainer` of a run (gloo on CPU, NCCL on GPU)."""
+def _trainer(t: TrainConfig, run: _Run, cpus: float, args: WorkerArgs) -> Any:
+    """The `TorchTrainer` of a run (gloo on CPU, NCCL on GPU); each worker reserves `cpus` CPUs."""
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     os.environ.setdefault(POLL_ENV, POLL_S)  # read by the controller when it starts
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=loop_config,
-        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        train_loop_config={ARGS_KEY: args},  # Ray wants a dict: one key, the typed arguments
+        torch_config=TorchConfig(backend="nccl" if run.use_gpu else "gloo"),
         scaling_config=ScalingConfig(
-            num_workers=t.num_workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus}
+            num_workers=t.num_workers, use_gpu=run.use_gpu, resources_per_worker={"CPU": cpus}
         ),
         run_config=RunConfig(
-            name=run_name,
-            storage_path=storage,
+            name=run.name,
+            storage_path=run.storage,
             failure_config=FailureConfig(max_failures=t.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=t.keep_checkpoints),
             # "Checkpoint successfully created" / "Reporting training result" every epoch: -v only

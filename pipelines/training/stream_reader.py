@@ -20,6 +20,7 @@ import torch
 
 from pipelines.data.order import RankPlan
 from pipelines.errors import DataError, find_error
+from pipelines.storage import first_line
 
 #: Images per Ray Data read unit at least (whole chunks: a Parquet row group is never split).
 UNIT_IMAGES = 256
@@ -170,10 +171,7 @@ def _to(x: np.ndarray, y: np.ndarray, device: torch.device) -> Batch:
 def data_error_in(exc: BaseException) -> DataError | None:
     """The `DataError` inside Ray's wrappers, as a one-line error (Ray may append a traceback), or None."""
     found = find_error(exc, DataError)
-    if found is None:
-        return None
-    text = str(found).strip()
-    return DataError(text.splitlines()[0]) if text else found
+    return None if found is None else DataError(first_line(found))
 
 
 __all__ = ["data_error_in", "quiet_ray_data", "read_units", "stream_batches"]

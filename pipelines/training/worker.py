@@ -26,17 +26,18 @@ import socket
 import tempfile
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from pipelines.config import config_from_dict
+from pipelines.config import TrainConfig
 from pipelines.data.order import RankPlan, plan_epoch, plan_eval, shuffle_window
 from pipelines.errors import find_error
 from pipelines.training.checkpoint import load_checkpoint, restore_rng, save_checkpoint
-from pipelines.training.common import epoch_row
+from pipelines.training.epochs import VAL_BATCH, epoch_row
 from pipelines.training.stream_reader import quiet_ray_data, stream_batches
 from vae.config import VAEConfig
 from vae.model import VAE
@@ -50,18 +51,90 @@ from vae.training import (
     train_epoch,
 )
 
-VAL_BATCH = 1024
+#: The one key of the `train_loop_config` dict Ray Train hands each worker: its `WorkerArgs`.
+ARGS_KEY = "args"
 
-# Keys of the `config` dict the driver passes (see `ray_train.train_distributed`):
-#   pipeline: PipelineConfig.to_dict(redact=True) (no credentials: the train settings are what is read)
-#   model: VAEConfig.to_dict() (num_classes resolved)
-#   data: ObjectRef of {"train": (images, labels, chunks), "val": (...)} numpy arrays, or None
-#   stream: ObjectRef of the `StreamedSource` (index and split) the workers stream, or None
-#   has_val: whether there is a held-out split          metrics_uri: where rank 0 writes metrics.jsonl
-#   queue: a ray.util.queue.Queue for the driver (rank 0 puts {"event": "start", "epoch": k}, then
-#          each epoch's row), or None
-#   threads: torch intra-op threads per worker
-#   passes: passes over the training split per epoch (`TrainConfig.passes_per_epoch`; 1 if absent)
+
+@dataclass(frozen=True)
+class SplitArrays:
+    """One split held in memory, as numpy arrays (zero-copy, read-only views from the object store).
+
+    Attributes:
+        images: (N, C, H, W) float32 in the model's range.
+        labels: (N,) int64.
+        chunks: (N,) the chunk (file / row group) of each image, which the epoch plans shuffle by.
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    chunks: np.ndarray
+
+
+@dataclass(frozen=True)
+class WorkerData:
+    """What the workers read their images from: exactly one of `arrays` and `stream` is set.
+
+    Attributes:
+        arrays: ObjectRef of {"train": SplitArrays, "val": SplitArrays} (once in the object store,
+            shared by the workers of a node), or that dict itself; None when streamed.
+        stream: ObjectRef of the `StreamedSource` (the source's index and split: the workers read
+            and decode the images themselves through Ray Data), or the source itself; None in memory.
+    """
+
+    arrays: Any = None
+    stream: Any = None
+
+
+@dataclass(frozen=True)
+class WorkerArgs:
+    """Everything the driver (`pipelines.training.ray_train`) hands each Ray Train worker.
+
+    Ray Train keeps it with the run, and rank 0 stores `pipeline` in every checkpoint: nothing in it
+    holds credentials (the workers need none: the data reaches them through Ray, metrics and
+    checkpoints go to storage with the cluster's own credentials).
+
+    Attributes:
+        train: the run's train settings, from the redacted config (seed, epochs, lr, batch size...).
+        pipeline: `PipelineConfig.to_dict(redact=True)`: the run's record in every checkpoint.
+        model: the model config, `num_classes` resolved from the data.
+        data: where the images come from.
+        has_val: whether there is a held-out split.
+        metrics_uri: where rank 0 writes the run's metrics (`ray_train.RUN_METRICS_FILE`).
+        threads: torch intra-op threads per worker.
+        passes: passes over the training split per epoch (`TrainConfig.passes_per_epoch`).
+        queue: a `ray.util.queue.Queue` to the driver (rank 0 puts {"event": "start", "epoch": k},
+            then each epoch's row), or None.
+    """
+
+    train: TrainConfig
+    pipeline: dict[str, Any]
+    model: VAEConfig
+    data: WorkerData
+    has_val: bool
+    metrics_uri: str
+    threads: int
+    passes: int = 1
+    queue: Any = None
+
+
+@dataclass(frozen=True)
+class _Rank:
+    """Where this worker runs: its rank among `world`, its device, and its autocast dtype (or None)."""
+
+    rank: int
+    world: int
+    device: torch.device
+    autocast: torch.dtype | None
+
+
+@dataclass
+class _Progress:
+    """The model being trained (DDP-wrapped), its optimizer, and the epochs done so far."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    start_epoch: int  # epochs restored from the run's last checkpoint (0 on a fresh run)
+    history: list[dict[str, float]]
 
 
 def _seed_epoch(seed: int, epoch: int, rank: int) -> None:
@@ -107,11 +180,13 @@ class _Shards:
     Ray Data reads the planned chunks (`pipelines.training.stream_reader`).
     """
 
-    def __init__(self, config: dict[str, Any], rank: int, world: int, batch: int, device: torch.device):
+    def __init__(
+        self, model_cfg: VAEConfig, data: WorkerData, rank: int, world: int, batch: int, device: torch.device
+    ):
         self.rank, self.world, self.batch, self.device = rank, world, batch, device
-        self.model_cfg = VAEConfig.from_dict(config["model"])
-        self.window = shuffle_window(batch, 4 * int(np.prod(self.model_cfg.image_shape)))
-        self.stream = _fetch(config.get("stream"))
+        self.model_cfg = model_cfg
+        self.window = shuffle_window(batch, 4 * int(np.prod(model_cfg.image_shape)))
+        self.stream = _fetch(data.stream)
         if self.stream is not None:
             import ray
 
@@ -120,9 +195,9 @@ class _Shards:
             chunk_of = self.stream.index.chunk_of
             self.chunks = {k: chunk_of[self.stream_items(k)] for k in ("train", "val")}
             return
-        data = _fetch(config["data"])
-        self.arrays = {k: tuple(_as_tensor(a) for a in data[k][:2]) for k in ("train", "val")}
-        self.chunks = {k: np.asarray(data[k][2]) for k in ("train", "val")}
+        arrays: dict[str, SplitArrays] = _fetch(data.arrays)
+        self.arrays = {k: (_as_tensor(a.images), _as_tensor(a.labels)) for k, a in arrays.items()}
+        self.chunks = {k: np.asarray(a.chunks) for k, a in arrays.items()}
 
     def stream_items(self, part: str) -> np.ndarray:
         assert self.stream is not None
@@ -260,27 +335,56 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     """Train on this worker's shard for the remaining epochs, reporting and checkpointing each epoch.
 
     Args:
-        config: built by the driver (`pipelines.training.ray_train`); see the keys above.
+        config: `{ARGS_KEY: WorkerArgs}`, built by the driver (`pipelines.training.ray_train`).
 
     Returns:
         On rank 0: {"resumed_from_epoch", "workers" (rank, node_id, device... per rank), "backend",
         "autocast"}; None on the other ranks.
     """
+    args: WorkerArgs = config[ARGS_KEY]
+    torch.set_num_threads(args.threads)
+    here = _this_rank(args.train)
+    progress = _start(args)
+    shards = _Shards(
+        args.model, args.data, here.rank, here.world, args.train.batch_size // here.world, here.device
+    )
+    queue = args.queue if here.rank == 0 else None
+    _tell(queue, {"event": "start", "epoch": progress.start_epoch})
+    for epoch in range(progress.start_epoch + 1, args.train.epochs + 1):
+        row = _train_epoch(args, here, progress, shards, epoch)
+        progress.history.append(row)
+        _report(args, here, progress, epoch, row, queue)
+    workers = _worker_info(here.rank, here.device, args.threads)
+    if here.rank != 0:
+        return None
+    return {
+        "resumed_from_epoch": progress.start_epoch,
+        "workers": workers,
+        "backend": dist.get_backend() if dist.is_available() and dist.is_initialized() else None,
+        "autocast": str(here.autocast) if here.autocast is not None else None,
+    }
+
+
+def _this_rank(t: TrainConfig) -> _Rank:
+    """This worker's rank, world size and device (from Ray Train), and bf16 autocast when asked on GPU."""
     import ray.train
     import ray.train.torch
-    from ray.train import Checkpoint
 
     ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    threads = int(config["threads"])
-    torch.set_num_threads(threads)
-    cfg = config_from_dict(config["pipeline"])
-    t = cfg.train
     device = ray.train.torch.get_device()
-    autocast_dtype = torch.bfloat16 if t.mixed_precision and device.type == "cuda" else None
+    autocast = torch.bfloat16 if t.mixed_precision and device.type == "cuda" else None
+    return _Rank(ctx.get_world_rank(), ctx.get_world_size(), device, autocast)
 
+
+def _start(args: WorkerArgs) -> _Progress:
+    """The model seeded from `train.seed`, or restored from the run's last checkpoint (weights, history,
+    optimizer and RNG states), DDP-wrapped, with its optimizer."""
+    import ray.train
+    import ray.train.torch
+
+    t = args.train
     torch.manual_seed(t.seed)
-    model = VAE(VAEConfig.from_dict(config["model"]))
+    model = VAE(args.model)
     history: list[dict[str, float]] = []
     start_epoch, opt_state = 0, None
     restored = ray.train.get_checkpoint()
@@ -295,40 +399,40 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     optimizer = make_optimizer(model, t.lr, t.weight_decay)
     if opt_state is not None:
         optimizer.load_state_dict(opt_state)
+    return _Progress(model, optimizer, start_epoch, history)
 
-    shards = _Shards(config, rank, world, max(1, t.batch_size // world), device)
-    has_val = bool(config["has_val"])
-    queue = config.get("queue") if rank == 0 else None
-    _tell(queue, {"event": "start", "epoch": start_epoch})
-    passes = int(config.get("passes", 1))
-    for epoch in range(start_epoch + 1, t.epochs + 1):
-        _seed_epoch(t.seed, epoch, rank)
-        train = _train_checked(
-            model, optimizer, _epoch_batches(shards, t.seed, epoch, passes), epoch, autocast_dtype
-        )
-        val = _evaluate_shard(model, shards.val_batches(), t.seed + rank) if has_val else None
-        train, val = _reduce(train, val, device)
-        row = epoch_row(epoch, train, val, train.samples_per_s)
-        history.append(row)
-        save_now = epoch % t.checkpoint_every == 0 or epoch == t.epochs
-        if rank != 0:
-            ray.train.report(row, checkpoint=None)
-            continue
-        write_metrics(config["metrics_uri"], history)
-        _tell(queue, row)
-        if not save_now:
-            ray.train.report(row, checkpoint=None)
-            continue
-        with tempfile.TemporaryDirectory(prefix="vae-ckpt-") as tmp:
-            save_checkpoint(tmp, model, optimizer, epoch, history, config["pipeline"])
-            ray.train.report(row, checkpoint=Checkpoint.from_directory(tmp))
 
-    workers = _worker_info(rank, device, threads)
-    if rank != 0:
-        return None
-    return {
-        "resumed_from_epoch": start_epoch,
-        "workers": workers,
-        "backend": dist.get_backend() if dist.is_available() and dist.is_initialized() else None,
-        "autocast": str(autocast_dtype) if autocast_dtype is not None else None,
-    }
+def _train_epoch(
+    args: WorkerArgs, here: _Rank, progress: _Progress, shards: _Shards, epoch: int
+) -> dict[str, float]:
+    """Train this rank's shard for one epoch, evaluate its held-out share, and return the whole job's row."""
+    seed = args.train.seed
+    _seed_epoch(seed, epoch, here.rank)
+    batches = _epoch_batches(shards, seed, epoch, args.passes)
+    train = _train_checked(progress.model, progress.optimizer, batches, epoch, here.autocast)
+    val = _evaluate_shard(progress.model, shards.val_batches(), seed + here.rank) if args.has_val else None
+    train, val = _reduce(train, val, here.device)
+    return epoch_row(epoch, train, val, train.samples_per_s)
+
+
+def _report(
+    args: WorkerArgs, here: _Rank, progress: _Progress, epoch: int, row: dict[str, float], queue: Any
+) -> None:
+    """Report the epoch to Ray Train on every rank (a barrier). Rank 0 first rewrites the metrics file
+    and tells the driver, and on checkpoint epochs (every `checkpoint_every`, and the last) reports a
+    checkpoint with it."""
+    import ray.train
+    from ray.train import Checkpoint
+
+    t = args.train
+    if here.rank != 0:
+        ray.train.report(row, checkpoint=None)
+        return
+    write_metrics(args.metrics_uri, progress.history)
+    _tell(queue, row)
+    if not (epoch % t.checkpoint_every == 0 or epoch == t.epochs):
+        ray.train.report(row, checkpoint=None)
+        return
+    with tempfile.TemporaryDirectory(prefix="vae-ckpt-") as tmp:
+        save_checkpoint(tmp, progress.model, progress.optimizer, epoch, progress.history, args.pipeline)
+        ray.train.report(row, checkpoint=Checkpoint.from_directory(tmp))

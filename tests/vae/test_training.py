@@ -170,20 +170,6 @@ def test_bf16_train_epoch_decreases_loss(make_vae, digits) -> None:
     assert last.loss < first.loss
 
 
-def test_grad_clip_bounds_the_update(make_vae, batch) -> None:
-    # With plain SGD (lr=1) the update equals the gradient, so its global norm must be <= grad_clip.
-    model = make_vae()
-    before = _params(model)
-    train_step(model, torch.optim.SGD(model.parameters(), lr=1.0), *batch, grad_clip=0.01)
-    delta = torch.sqrt(sum(((p - b) ** 2).sum() for p, b in zip(model.parameters(), before, strict=True)))
-    assert 0.0 < delta.item() <= 0.01 * (1 + 1e-4)
-    # Unclipped, the same step is much larger (so the clip did something).
-    model2 = make_vae()
-    train_step(model2, torch.optim.SGD(model2.parameters(), lr=1.0), *batch)
-    delta2 = torch.sqrt(sum(((p - b) ** 2).sum() for p, b in zip(model2.parameters(), before, strict=True)))
-    assert delta2.item() > 10 * delta.item()
-
-
 def test_make_optimizer(make_vae) -> None:
     model = make_vae()
     adam = make_optimizer(model, lr=5e-4)

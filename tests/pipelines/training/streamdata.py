@@ -18,7 +18,7 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -27,6 +27,10 @@ import ray
 import torch
 from fsspec import AbstractFileSystem
 from PIL import Image
+
+if TYPE_CHECKING:
+    from pipelines.training.worker import WorkerData
+    from vae.config import VAEConfig
 
 CLASSES = ["cat", "dog", "emu"]
 IMAGE_TYPE = pa.struct([pa.field("bytes", pa.binary()), pa.field("path", pa.string())])
@@ -113,10 +117,10 @@ def write_parquet(
 class RankActor:
     """One training rank's `_Shards` in its own process (as in a Ray Train worker)."""
 
-    def __init__(self, config: dict[str, Any], rank: int, world: int, batch: int):
+    def __init__(self, model: VAEConfig, data: WorkerData, rank: int, world: int, batch: int):
         from pipelines.training.worker import _Shards
 
-        self.shards = _Shards(config, rank, world, batch, torch.device("cpu"))
+        self.shards = _Shards(model, data, rank, world, batch, torch.device("cpu"))
 
     def train(self, seed: int, data_epoch: int) -> list[tuple[list[int], list[int]]]:
         """(image numbers, labels) of each batch of one data epoch, in training order."""

@@ -6,15 +6,19 @@ equivalent is in test_ray_train.py. No mocks.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
+import torch
+from PIL import Image
 
 from pipelines.cli import main
 from pipelines.config import load_config
 from pipelines.stages import load_data
 from pipelines.training.local import fit_local
 from vae.config import ConfigError
+from vae.io import load_model
 from vae.training import TrainingDivergedError
 
 SMALL = ["data.limit=50", "model.hidden_channels=[4,8]", "model.latent_dim=2", "train.min_steps=0"]
@@ -60,3 +64,42 @@ def test_the_runner_raises_a_config_error(tmp_path, single_torch_thread):
     assert isinstance(info.value, ConfigError)
     assert info.value.divergence.epoch == 1 and info.value.divergence.step == 2
     assert not (tmp_path / "job").exists()
+
+
+# ------------------------------------------------------------------------------ fit_local itself
+LOSSES = ("train_loss", "train_recon", "train_kl", "val_loss", "val_recon", "val_kl")
+
+
+def _fit(tmp_path: Path, *overrides: str, export: bool = False):
+    cfg = load_config(
+        None, [*SMALL, "data.limit=120", "train.epochs=2", f"output_dir={tmp_path}", *overrides]
+    )
+    return cfg, fit_local(cfg, load_data(cfg), export=export)
+
+
+def test_fit_local_trains_each_epoch_once_and_replays_for_a_seed(tmp_path, single_torch_thread):
+    cfg, (model, history, result) = _fit(tmp_path / "a")
+    assert result is None and not (tmp_path / "a").exists()  # export=False writes nothing
+    assert [row["epoch"] for row in history] == [1, 2]
+    assert all(set(LOSSES) <= set(row) and row["samples_per_s"] > 0 for row in history)
+    assert model.cfg.num_classes == 10 and model.cfg.latent_dim == 2  # conditional on the digits' classes
+    _, (again, replay, _) = _fit(tmp_path / "b")
+    assert [[row[k] for k in LOSSES] for row in replay] == [[row[k] for k in LOSSES] for row in history]
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(again.state_dict()[name], tensor), name
+    _, (_, other, _) = _fit(tmp_path / "c", "train.seed=1")
+    assert other[0]["train_loss"] != history[0]["train_loss"]
+
+
+def test_fit_local_without_a_held_out_split_exports_what_it_trained(tmp_path, single_torch_thread):
+    seen: list[dict] = []
+    cfg = load_config(None, [*SMALL, "train.epochs=1", "train.val_fraction=0", f"output_dir={tmp_path}"])
+    model, history, result = fit_local(cfg, load_data(cfg), on_epoch=seen.append)
+    assert seen == history and len(history) == 1 and "val_loss" not in history[0]
+    assert result is not None and result.history == history and result.model_dir == cfg.model_dir
+    exported = json.loads((Path(cfg.model_dir) / "metrics.json").read_text())
+    assert exported == history
+    assert Image.open(result.grid_path).size[1] > 0
+    saved = load_model(cfg.model_dir)
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(saved.state_dict()[name], tensor), name

@@ -16,10 +16,12 @@ import pytest
 import torch
 
 from pipelines.config import ConfigError, PipelineConfig, TrainConfig, config_from_dict
+from pipelines.data.stream import load_data_for
 from pipelines.errors import PipelineError, StorageError
 from pipelines.training.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from pipelines.training.preflight import derive_run_name, resolve_cpus_per_worker, run_key
 from pipelines.training.ray_train import DistributedTrainResult, train_distributed
+from pipelines.training.worker import SplitArrays, WorkerData, _Shards
 from vae.config import VAEConfig
 from vae.model import VAE
 from vae.training import make_optimizer
@@ -44,6 +46,11 @@ def make_cfg(tmp: Path, storage: str | None = None, **train) -> PipelineConfig:
             "output_dir": str(tmp / "out"),
         }
     )
+
+
+def fit(cfg: PipelineConfig, **kwargs) -> DistributedTrainResult:
+    """`train_distributed` on the config's data, loaded as the training stage loads it."""
+    return train_distributed(cfg, load_data_for(cfg), **kwargs)
 
 
 # ------------------------------------------------------------------------------- no Ray needed
@@ -97,17 +104,18 @@ def test_checkpoint_round_trip(tmp_path: Path) -> None:
 
 
 def test_in_memory_shards_are_disjoint_and_equal() -> None:
-    from pipelines.training.worker import _Shards
-
     n, world = 103, 3
     images = np.arange(n, dtype=np.float32).reshape(n, 1, 1, 1)
     zeros = np.zeros(n, dtype=np.int64)
-    data = {"train": (images, zeros, np.arange(n)), "val": (images[:5], zeros[:5], np.arange(5))}
-    config = {"model": VAEConfig(image_size=(8, 8)).to_dict(), "data": data, "stream": None}
+    arrays = {
+        "train": SplitArrays(images, zeros, np.arange(n)),
+        "val": SplitArrays(images[:5], zeros[:5], np.arange(5)),
+    }
+    data, model = WorkerData(arrays=arrays), VAEConfig(image_size=(8, 8))
     for epoch in (1, 2):
         seen, steps = [], set()
         for rank in range(world):
-            shard = _Shards(config, rank, world, 8, torch.device("cpu"))
+            shard = _Shards(model, data, rank, world, 8, torch.device("cpu"))
             batches = list(shard.train_batches(0, epoch))
             steps.add(len(batches))
             seen.append([int(v) for x, _ in batches for v in x.flatten()])
@@ -127,11 +135,12 @@ def test_unreachable_cluster_fails_fast(tmp_path: Path) -> None:
         f"""
         from pipelines.errors import PipelineError
         from pipelines.config import config_from_dict
+        from pipelines.data.stream import load_data_for
         from pipelines.training.ray_train import DistributedTrainResult, train_distributed
         cfg = config_from_dict({{"ray": {{"address": "127.0.0.1:9"}},
                                  "train": {{"storage_path": {str(tmp_path / "runs")!r}}}}})
         try:
-            train_distributed(cfg)
+            train_distributed(cfg, load_data_for(cfg))
         except PipelineError as exc:
             print("ERROR:", exc)
         """
@@ -145,18 +154,18 @@ def test_unreachable_cluster_fails_fast(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------ on a local Ray
 def test_bad_settings_fail_before_training(ray_session, tmp_path: Path) -> None:
     with pytest.raises(PipelineError, match="use_gpu=true but the Ray cluster has no GPU"):
-        train_distributed(make_cfg(tmp_path, use_gpu=True))
+        fit(make_cfg(tmp_path, use_gpu=True))
     with pytest.raises(PipelineError, match="num_workers=64"):
-        train_distributed(make_cfg(tmp_path, num_workers=64, cpus_per_worker=None))
+        fit(make_cfg(tmp_path, num_workers=64, cpus_per_worker=None))
     (tmp_path / "file").write_text("not a directory")
-    with pytest.raises(StorageError, match="storage_path .*file/runs' is not writable"):
-        train_distributed(make_cfg(tmp_path, storage=str(tmp_path / "file" / "runs")))
+    with pytest.raises(StorageError, match="storage_path .*file/runs/vae-[0-9a-f]{12}' is not writable"):
+        fit(make_cfg(tmp_path, storage=str(tmp_path / "file" / "runs")))
     assert not (tmp_path / "runs").exists() and not (tmp_path / "out").exists()
 
 
 def test_bad_bucket_fails_before_training(ray_session, s3, tmp_path: Path) -> None:
-    with pytest.raises(StorageError, match="s3://no-such-bucket-here/runs' is not writable"):
-        train_distributed(make_cfg(tmp_path, storage="s3://no-such-bucket-here/runs"))
+    with pytest.raises(StorageError, match="s3://no-such-bucket-here/runs/vae-[0-9a-f]{12}' is not writable"):
+        fit(make_cfg(tmp_path, storage="s3://no-such-bucket-here/runs"))
 
 
 @dataclass
@@ -178,7 +187,7 @@ def s3_run(ray_session, s3, tmp_path_factory: pytest.TempPathFactory) -> S3Run:
     storage = f"s3://{bucket}/runs"
     rows: list[dict] = []
     cfg = make_cfg(tmp, storage=storage, epochs=3, num_workers=2, streaming="always")
-    result = train_distributed(cfg, on_epoch=rows.append)
+    result = fit(cfg, on_epoch=rows.append)
     return S3Run(result, rows, bucket, storage, tmp)
 
 
@@ -191,7 +200,7 @@ def test_two_workers_match_one_worker(s3_run: S3Run, tmp_path: Path) -> None:
     assert two.final["val_loss"] < two.history[0]["val_loss"]  # it learns
     # The same global batch on one worker (in-memory data) reaches about the same held-out loss.
     rows: list[dict] = []
-    one = train_distributed(make_cfg(tmp_path, epochs=3, num_workers=1), on_epoch=rows.append)
+    one = fit(make_cfg(tmp_path, epochs=3, num_workers=1), on_epoch=rows.append)
     assert [r["epoch"] for r in rows] == [1, 2, 3] and len(one.workers) == 1
     v1, v2 = one.final["val_loss"], two.final["val_loss"]
     assert abs(v1 - v2) / v1 < 0.05, (v1, v2)
@@ -216,7 +225,7 @@ def test_checkpoints_on_s3_and_resume(s3_run: S3Run) -> None:
     # Same config, more epochs: same derived run name, continues at epoch 4.
     rows: list[dict] = []
     cfg = make_cfg(s3_run.tmp, storage=s3_run.storage, epochs=4, num_workers=2, streaming="always")
-    again = train_distributed(cfg, on_epoch=rows.append)
+    again = fit(cfg, on_epoch=rows.append)
     assert again.run_name == first.run_name
     assert again.resumed_from_epoch == 3
     assert [r["epoch"] for r in rows] == [4]  # no epoch re-done
@@ -234,7 +243,7 @@ def test_checkpoints_on_s3_and_resume(s3_run: S3Run) -> None:
     other = config_from_dict({**cfg.to_dict(), "model": {**cfg.to_dict()["model"], "latent_dim": 4}})
     other.train.run_name = first.run_name
     with pytest.raises(PipelineError, match="trains a different model"):
-        train_distributed(other)
+        fit(other)
 
 
 @pytest.mark.slow
@@ -245,6 +254,7 @@ def test_two_node_cluster(tmp_path: Path) -> None:
         import json, ray
         from ray.cluster_utils import Cluster
         from pipelines.config import config_from_dict
+        from pipelines.data.stream import load_data_for
         from pipelines.training.ray_train import DistributedTrainResult, train_distributed
 
         cluster = Cluster(initialize_head=True, connect=True, head_node_args={{"num_cpus": 1}})
@@ -256,7 +266,7 @@ def test_two_node_cluster(tmp_path: Path) -> None:
                        "storage_path": {str(tmp_path / "runs")!r}}},
             "output_dir": {str(tmp_path / "out")!r},
         }})
-        result = train_distributed(cfg)
+        result = train_distributed(cfg, load_data_for(cfg))
         nodes = [n["NodeID"] for n in ray.nodes() if n["Alive"]]
         print("RESULT", json.dumps({{"nodes": nodes, "workers": result.workers,
                                     "epochs": [r["epoch"] for r in result.history]}}))
@@ -279,7 +289,7 @@ def test_two_node_cluster(tmp_path: Path) -> None:
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_gpu_nccl_bf16(ray_session, tmp_path: Path) -> None:
-    result = train_distributed(make_cfg(tmp_path, use_gpu=True, mixed_precision=True, num_workers=1))
+    result = fit(make_cfg(tmp_path, use_gpu=True, mixed_precision=True, num_workers=1))
     assert result.backend == "nccl"
     assert result.autocast == "torch.bfloat16"
     assert result.workers[0]["device"].startswith("cuda")
@@ -293,7 +303,7 @@ def test_a_diverging_run_is_one_config_error_and_exports_nothing(ray_session, tm
     from vae.training import TrainingDivergedError
 
     with pytest.raises(TrainingDivergedError) as info:
-        train_distributed(make_cfg(tmp_path, lr=10.0))
+        fit(make_cfg(tmp_path, lr=10.0))
     text = str(info.value)
     assert isinstance(info.value, ConfigError) and "\n" not in text
     assert text.startswith("training loss became") and "at epoch 1 step" in text and "lower train.lr" in text

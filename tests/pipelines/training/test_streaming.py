@@ -25,10 +25,12 @@ from pipelines.console import console
 from pipelines.data import DataConfig, load_images
 from pipelines.data.stream import load_data_for
 from pipelines.errors import DataError
-from pipelines.training.common import model_config_for
-from pipelines.training.ray_train import DistributedTrainResult, _data_config, train_distributed
+from pipelines.training.model_config import model_config_for
+from pipelines.training.ray_train import DistributedTrainResult, train_distributed, worker_data
 from pipelines.training.stream_reader import data_error_in
+from pipelines.training.worker import WorkerData
 from tests.pipelines.training.streamdata import RankActor, write_folder, write_parquet
+from vae.config import VAEConfig
 
 N_IMAGES = 300
 PARQUET_FILES, ROW_GROUP = [100, 100, 100], 25  # 12 row groups
@@ -100,11 +102,11 @@ Epoch = list[list[tuple[list[int], list[int]]]]  # per rank, per batch: (image n
 
 
 def _collect(
-    config: dict[str, Any], epochs: list[int], passes: list[int] | None = None
+    model: VAEConfig, data: WorkerData, epochs: list[int], passes: list[int] | None = None
 ) -> tuple[list[Epoch], list[list[int]]]:
     """Per data epoch every rank's batches (then, with `passes`, those data epochs as one epoch's
     passes), and every rank's held-out share, from two rank actors."""
-    actors = [RankActor.remote(config, rank, WORLD, BATCH // WORLD) for rank in range(WORLD)]
+    actors = [RankActor.remote(model, data, rank, WORLD, BATCH // WORLD) for rank in range(WORLD)]
     try:
         seen = [ray.get([a.train.remote(SEED, e) for a in actors]) for e in epochs]
         if passes:
@@ -128,8 +130,8 @@ def test_streamed_shards_are_disjoint_exact_and_reproducible(
     sample = load_data_for(cfg)
     assert sample.stream is not None
     stream, model = sample.stream, model_config_for(cfg, sample)
-    streamed = {"model": model.to_dict(), "stream": ray.put(stream), "data": None}
-    (first, second, replay, both), val = _collect(streamed, [1, 2, 1], passes=[1, 2])
+    streamed = WorkerData(stream=ray.put(stream))
+    (first, second, replay, both), val = _collect(model, streamed, [1, 2, 1], passes=[1, 2])
 
     train_items = stream.train_items.tolist()
     for ranks in (first, second):
@@ -150,8 +152,8 @@ def test_streamed_shards_are_disjoint_exact_and_reproducible(
     # The in-memory path trains on exactly these batches.
     full = load_images(cfg.data, model)
     train, held_out = full.split(cfg.train.val_fraction, seed=SEED)
-    in_memory = {"model": model.to_dict(), **_data_config(full, train, held_out)}
-    assert _collect(in_memory, [1, 2], passes=[1, 2]) == ([first, second, both], val)
+    in_memory = worker_data(full, train, held_out)
+    assert _collect(model, in_memory, [1, 2], passes=[1, 2]) == ([first, second, both], val)
 
 
 # ------------------------------------------------------------------------------ whole runs
@@ -168,7 +170,7 @@ def _fit(cfg: PipelineConfig) -> Run:
     lines: list[str] = []
     rows: list[dict[str, float]] = []
     with console.mirrored(lines.append):
-        result = train_distributed(cfg, on_epoch=rows.append)
+        result = train_distributed(cfg, load_data_for(cfg), on_epoch=rows.append)
     return Run(result, lines, rows)
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from pipelines.config import PipelineConfig, config_from_dict
+from pipelines.data.stream import load_data_for
 from pipelines.training.ray_train import DistributedTrainResult, train_distributed
 from tests.pipelines.raykill import Killed, actors_of
 
@@ -98,7 +99,8 @@ def test_killed_worker_resumes_to_identical_weights(ray_session, tmp_path: Path,
     import ray
 
     workers = 2 if ray.cluster_resources().get("CPU", 0) >= 2 else 1
-    clean = train_distributed(make_cfg(tmp_path / "clean", workers))
+    clean_cfg = make_cfg(tmp_path / "clean", workers)
+    clean = train_distributed(clean_cfg, load_data_for(clean_cfg))
 
     capsys.readouterr()  # only the interrupted run's lines below
     before = set(actors_of(WORKER_CLASS))
@@ -107,7 +109,7 @@ def test_killed_worker_resumes_to_identical_weights(ray_session, tmp_path: Path,
     killed = kill_a_worker_after_first_checkpoint(Path(cfg.train.storage_path), before, stop)
     rows: list[dict] = []
     try:
-        resumed = train_distributed(cfg, on_epoch=rows.append)
+        resumed = train_distributed(cfg, load_data_for(cfg), on_epoch=rows.append)
     finally:
         stop.set()
 

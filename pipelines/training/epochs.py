@@ -1,21 +1,11 @@
-"""Pieces every training runner shares: the model config for the data, metrics rows, console lines."""
+"""What every runner's epoch shares: the held-out batch size, the metrics row, and its console line."""
 
 from __future__ import annotations
 
-import dataclasses
-
-from pipelines.config import PipelineConfig
-from pipelines.data.imageset import ImageSet
-from vae.config import VAEConfig
 from vae.training import EpochMetrics
 
-
-def model_config_for(cfg: PipelineConfig, data: ImageSet) -> VAEConfig:
-    """`cfg.model` with `num_classes` set from the data when `cfg.conditional` (else None)."""
-    num_classes = len(data.class_names) if cfg.conditional else None
-    if num_classes is not None and num_classes < 2:
-        num_classes = None  # a single class carries no information to condition on
-    return dataclasses.replace(cfg.model, num_classes=num_classes)
+#: Held-out images per evaluation batch (the local loop, and each Ray Train worker's share).
+VAL_BATCH = 1024
 
 
 def epoch_row(
