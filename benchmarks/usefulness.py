@@ -28,7 +28,7 @@ import torch
 
 from pipelines.config import PipelineConfig, load_config
 from pipelines.data import DataConfig, ImageSet, load_images, resolve_data_shape
-from pipelines.data.imageset import split_sizes
+from pipelines.data.split import split_sizes
 from pipelines.generate import generate
 from pipelines.generate.commit import open_fs
 from pipelines.readers import open_dataset

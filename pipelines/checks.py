@@ -9,12 +9,14 @@ never retry them (see `pipelines.flow.transient`).
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
+from typing import Any
+
+from fsspec import AbstractFileSystem
 
 from pipelines.config import PipelineConfig
-from pipelines.data.filesystems import first_line
 from pipelines.errors import StorageError
+from pipelines.storage import first_line, not_writable, open_url, probe_writable
 
 
 @dataclass
@@ -31,23 +33,6 @@ class JobCheck:
     dataset_dir: str | None
 
 
-def _probe_dir(url: str, key: str, storage_options: dict | None = None) -> None:
-    """Create `url` if needed and write then delete a probe file there."""
-    import fsspec
-
-    probe = f"{url.rstrip('/')}/.vaeaug-probe-{uuid.uuid4().hex[:8]}"
-    try:
-        fs, path = fsspec.core.url_to_fs(probe, **(storage_options or {}))
-        fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-        fs.pipe_file(path, b"ok")
-        fs.rm(path)
-    except Exception as exc:  # any backend: PermissionError, FileExistsError, NotADirectoryError, botocore
-        raise StorageError(
-            f"{key} {url!r} is not writable ({type(exc).__name__}: {first_line(exc)}): give a writable "
-            "local path or a URL whose bucket exists and whose credentials allow writes"
-        ) from None
-
-
 def _file_error(url: str, key: str) -> StorageError:
     return StorageError(
         f"{key} {url!r} is not writable (it is a file, not a folder): give a folder path, or move the "
@@ -55,7 +40,9 @@ def _file_error(url: str, key: str) -> StorageError:
     )
 
 
-def refuse_file(url: str, key: str, storage_options: dict | None = None) -> None:
+def refuse_file(
+    url: str, key: str, storage_options: dict[str, Any] | None = None
+) -> tuple[AbstractFileSystem, str]:
     """Refuse an output folder setting that names an existing file (nothing is created).
 
     Args:
@@ -63,13 +50,14 @@ def refuse_file(url: str, key: str, storage_options: dict | None = None) -> None
         key: the setting, for the message ("output_dir").
         storage_options: fsspec options for `url`.
 
+    Returns:
+        (fs, path): the folder's filesystem and its path there.
+
     Raises:
         StorageError: `url` is a file, or its storage cannot be reached.
     """
-    import fsspec
-
     try:
-        fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+        fs, path = open_url(url, storage_options)
         is_file = fs.isfile(path)
     except Exception as exc:  # any backend: a bad URL, missing credentials, an unreachable endpoint
         raise StorageError(
@@ -78,9 +66,10 @@ def refuse_file(url: str, key: str, storage_options: dict | None = None) -> None
         ) from None
     if is_file:
         raise _file_error(url, key)
+    return fs, path
 
 
-def make_output_dir(url: str, key: str, storage_options: dict | None = None) -> None:
+def make_output_dir(url: str, key: str, storage_options: dict[str, Any] | None = None) -> None:
     """Create the folder `url` (and its parents) if it does not exist.
 
     Args:
@@ -91,17 +80,11 @@ def make_output_dir(url: str, key: str, storage_options: dict | None = None) -> 
     Raises:
         StorageError: `url` is a file, or the folder cannot be created.
     """
-    import fsspec
-
-    refuse_file(url, key, storage_options)
+    fs, path = refuse_file(url, key, storage_options)
     try:
-        fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
         fs.makedirs(path, exist_ok=True)
     except Exception as exc:  # PermissionError, NotADirectoryError (a file above it), botocore...
-        raise StorageError(
-            f"{key} {url!r} is not writable ({type(exc).__name__}: {first_line(exc)}): give a writable "
-            "local path or a URL whose bucket exists and whose credentials allow writes"
-        ) from None
+        raise not_writable(url, key, exc) from None
 
 
 def check_job(cfg: PipelineConfig, train: bool = True, generate: bool = True) -> JobCheck:
@@ -124,11 +107,11 @@ def check_job(cfg: PipelineConfig, train: bool = True, generate: bool = True) ->
     refuse_file(cfg.output_dir, "output_dir")  # every job writes its config.yaml there
     note = resolve_data_shape(cfg)
     if train:
-        _probe_dir(cfg.output_dir, "output_dir")
+        probe_writable(cfg.output_dir, "output_dir")
         if cfg.train.backend == "ray" and not cfg.ray.submit_job:
             from pipelines.training.preflight import resolve_storage
 
-            _probe_dir(resolve_storage(cfg.train.storage_path), "train.storage_path")
+            probe_writable(resolve_storage(cfg.train.storage_path), "train.storage_path")
     dataset_dir = None
     if generate:
         from pipelines.generate.commit import resolve_output

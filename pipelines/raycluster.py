@@ -13,6 +13,7 @@ from urllib.parse import urlparse
 from pipelines.config import RayConfig
 from pipelines.console import console
 from pipelines.errors import PipelineError
+from pipelines.storage import first_line
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +146,7 @@ def ensure_ray(cfg: RayConfig | None = None) -> ClusterInfo:
                 ray.init(address=address, log_to_driver=console.verbose, configure_logging=False)
             except (ConnectionError, RuntimeError) as exc:
                 raise PipelineError(
-                    f"cannot connect to the Ray cluster at {address!r}: {str(exc).splitlines()[0]}; "
+                    f"cannot connect to the Ray cluster at {address!r}: {first_line(exc)}; "
                     "check ray.address / RAY_ADDRESS"
                 ) from None
         else:

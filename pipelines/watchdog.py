@@ -34,6 +34,8 @@ import sys
 import threading
 import time
 
+from pipelines.procfs import pids, read_stat
+
 #: The environment variable carrying a run's mark.
 MARK_VAR = "VAEAUG_RUN_MARK"
 #: Seconds between SIGTERM and SIGKILL (Ray's agents ignore SIGTERM; Prefect's server exits on it).
@@ -79,16 +81,10 @@ def start_watchdog() -> bool:
 def process_table() -> dict[int, tuple[int, int]]:
     """Every process that is not a zombie: pid -> (parent pid, start time)."""
     table = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                fields = f.read().rsplit(b")", 1)[1].split()  # the command name may hold spaces
-        except OSError:  # gone meanwhile
-            continue
-        if fields[0] != b"Z":  # fields: state, ppid, ..., starttime (the 20th after the name)
-            table[int(name)] = (int(fields[1]), int(fields[19]))
+    for pid in pids():
+        stat = read_stat(pid)
+        if stat is not None and stat.state != "Z":  # None: gone meanwhile
+            table[pid] = (stat.ppid, stat.start)
     return table
 
 
@@ -116,16 +112,14 @@ def marked_pids(mark: str) -> set[int]:
     """
     needle = f"{MARK_VAR}={mark}".encode()
     found = set()
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
+    for pid in pids():
         try:
-            with open(f"/proc/{name}/environ", "rb") as f:
+            with open(f"/proc/{pid}/environ", "rb") as f:
                 entries = f.read().split(b"\0")
         except OSError:  # gone meanwhile, or another user's
             continue
         if needle in entries:
-            found.add(int(name))
+            found.add(pid)
     return found
 
 

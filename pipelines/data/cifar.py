@@ -21,9 +21,9 @@ import torch
 
 from pipelines.data.config import DataConfig
 from pipelines.data.decode import fit_batch, uint8_to_unit
-from pipelines.data.filesystems import first_line
 from pipelines.data.imageset import ImageSet
 from pipelines.errors import DataError
+from pipelines.storage import first_line
 
 FOLDER = "cifar-10-batches-py"
 #: The files of each split, in the order torchvision reads them.
@@ -123,15 +123,16 @@ def restricted_load(blob: bytes, name: str) -> Any:
     try:
         return RestrictedUnpickler(io.BytesIO(blob), encoding="latin1").load()
     except RefusedGlobal as exc:
-        raise DataError(
-            f"{name!r} is not an official CIFAR-10 batch (it asks for {exc}): refusing to unpickle it; "
-            "replace the folder with the official files (data.download=true fetches them)"
-        ) from None
+        problem = (
+            f"is not an official CIFAR-10 batch (it asks for {exc}): refusing to unpickle it; "
+            "replace the folder with the official files"
+        )
     except Exception as exc:  # any damage: truncated stream, bad opcode, wrong array state...
-        raise DataError(
-            f"{name!r} is not a readable CIFAR-10 batch ({type(exc).__name__}: {first_line(exc)}): "
-            "replace it with the official file (data.download=true fetches them)"
-        ) from None
+        problem = (
+            f"is not a readable CIFAR-10 batch ({type(exc).__name__}: {first_line(exc)}): "
+            "replace it with the official file"
+        )
+    raise DataError(f"{name!r} {problem} (data.download=true fetches them)")
 
 
 def read_batch(blob: bytes, name: str) -> Batch:

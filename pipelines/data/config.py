@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
-from typing import Any
+from typing import ClassVar, Self
 
+from pydantic import Field, model_validator
+
+from pipelines.sections import Section, StorageOptions
 from vae.config import ConfigError
 
 #: Sources read from a local root folder in their official layout (`path` defaults to `DEFAULT_ROOT`):
@@ -20,8 +21,7 @@ DEFAULT_ROOT = "./data"
 SPLITS: tuple[str, ...] = ("train", "test")
 
 
-@dataclass
-class DataConfig:
+class DataConfig(Section):
     """Where the training images come from.
 
     Args:
@@ -40,23 +40,25 @@ class DataConfig:
         storage_options: extra fsspec options for `path` (e.g. {"anon": true} or endpoint settings).
     """
 
-    source: str = "digits"
+    section: ClassVar[str] = "data"
+
+    # `source` and `split` stay strings checked below (the messages name the choices); the schema
+    # still lists them, so Prefect's form offers a choice.
+    source: str = Field("digits", json_schema_extra={"enum": list(SOURCES)})
     path: str | None = None
     download: bool = False
-    split: str = "train"
+    split: str = Field("train", json_schema_extra={"enum": list(SPLITS)})
     image_column: str = "image"
     label_column: str = "label"
     limit: int | None = None
-    storage_options: dict[str, Any] = field(default_factory=dict)
+    storage_options: StorageOptions = Field(default_factory=dict)
 
-    def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> None:
+    @model_validator(mode="after")
+    def _check(self) -> Self:
         """Raise `ConfigError` naming the first invalid field and how to fix it."""
         if self.source not in SOURCES:
             raise ConfigError(f"data.source={self.source!r} is unknown: use one of {list(SOURCES)}")
-        if self.path is not None and (not isinstance(self.path, str) or not self.path.strip()):
+        if self.path is not None and not self.path.strip():
             raise ConfigError(f"data.path={self.path!r}: give a non-empty path or URL, or null")
         if self.source in URL_SOURCES and self.path is None:
             raise ConfigError(
@@ -68,22 +70,14 @@ class DataConfig:
                 f"data.path={self.path!r}: source {self.source!r} is read from a local "
                 "folder only: give a local directory (or copy the files there first)"
             )
-        if not isinstance(self.download, bool):
-            raise ConfigError(f"data.download={self.download!r}: use true or false")
         if self.split not in SPLITS:
             raise ConfigError(f"data.split={self.split!r}: use one of {list(SPLITS)}")
         for key in ("image_column", "label_column"):
-            value = getattr(self, key)
-            if not isinstance(value, str) or not value:
-                raise ConfigError(f"data.{key}={value!r}: give the name of a Parquet column")
-        if self.limit is not None and (
-            isinstance(self.limit, bool) or not isinstance(self.limit, int) or self.limit < 1
-        ):
+            if not getattr(self, key):
+                raise ConfigError(f"data.{key}='': give the name of a Parquet column")
+        if self.limit is not None and self.limit < 1:
             raise ConfigError(f"data.limit={self.limit!r}: give a positive integer, or null for all images")
-        if not isinstance(self.storage_options, dict):
-            raise ConfigError(
-                f"data.storage_options={self.storage_options!r}: give a mapping of fsspec options"
-            )
+        return self
 
     @property
     def root(self) -> str | None:
@@ -92,32 +86,17 @@ class DataConfig:
             return DEFAULT_ROOT
         return self.path
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (note: includes `storage_options`, which may hold credentials)."""
-        out = dataclasses.asdict(self)
-        out["storage_options"] = dict(self.storage_options)
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> DataConfig:
-        """Build from a dict; unknown keys are an error (typos must not pass silently).
-
-        Args:
-            data: mapping of field names to values, e.g. from YAML/JSON.
-
-        Returns:
-            The validated config.
-        """
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown data config key(s) {unknown}: valid keys are {sorted(known)}")
-        return cls(**data)
-
 
 def _is_remote(path: str) -> bool:
     """Whether `path` is a URL other than file:// (torchvision cannot read those)."""
     return "://" in path and not path.startswith("file://")
 
 
-__all__ = ["DEFAULT_ROOT", "SOURCES", "SPLITS", "TORCHVISION_SOURCES", "URL_SOURCES", "DataConfig"]
+__all__ = [
+    "DEFAULT_ROOT",
+    "SOURCES",
+    "SPLITS",
+    "TORCHVISION_SOURCES",
+    "URL_SOURCES",
+    "DataConfig",
+]

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from PIL import ExifTags, Image, UnidentifiedImageError
 
-from pipelines.data.filesystems import first_line
+from pipelines.storage import first_line
 
 #: File extensions the file-based sources accept (compared case-insensitively).
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg")
@@ -110,8 +110,7 @@ def decode_image(data: bytes, size: tuple[int, int], channels: int) -> np.ndarra
     except UnidentifiedImageError:
         raise ImageDecodeError("cannot identify image file") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ImageDecodeError(reason) from None
+        raise ImageDecodeError(first_line(exc)) from None
 
 
 def _pil_to_unit(img: Image.Image, size: tuple[int, int], channels: int) -> np.ndarray:

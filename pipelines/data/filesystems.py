@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import fsspec
 from fsspec import AbstractFileSystem
 
 from pipelines.errors import DataError
+from pipelines.storage import first_line, join, open_url
 
 _URL_HINT = "local path, s3://, gs://, memory://, file://"
 
@@ -26,10 +26,9 @@ def open_root(path: str, storage_options: dict[str, Any]) -> tuple[AbstractFileS
         DataError: unknown protocol, missing fsspec backend, unreadable or missing path.
     """
     try:
-        fs, root = fsspec.core.url_to_fs(path, **storage_options)
+        fs, root = open_url(path, storage_options)
     except (ImportError, ValueError, TypeError) as exc:
         raise DataError(f"cannot open data.path {path!r}: {first_line(exc)}") from exc
-    root = root.rstrip("/") or root
     try:
         exists = fs.exists(root)
     except OSError as exc:
@@ -47,13 +46,7 @@ def relative(root: str, full: str) -> str:
 
 def display_name(path: str, rel: str) -> str:
     """The user's `path` joined with a relative name, for error messages and ids."""
-    return f"{path.rstrip('/')}/{rel}" if rel else path
-
-
-def first_line(exc: BaseException) -> str:
-    """First line of an exception's message (or its type name), for one-line errors."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    return join(path, rel) if rel else path
 
 
 def is_hidden(rel: str) -> bool:
@@ -61,4 +54,4 @@ def is_hidden(rel: str) -> bool:
     return any(part.startswith(".") for part in rel.split("/") if part)
 
 
-__all__ = ["display_name", "first_line", "is_hidden", "open_root", "relative"]
+__all__ = ["display_name", "is_hidden", "open_root", "relative"]

@@ -20,8 +20,9 @@ from pipelines.data.decode import (
     has_image_extension,
     read_header,
 )
-from pipelines.data.filesystems import display_name, first_line, is_hidden, open_root, relative
+from pipelines.data.filesystems import display_name, is_hidden, open_root, relative
 from pipelines.errors import DataError
+from pipelines.storage import first_line, join
 from vae.config import MAX_CLASSES
 
 #: Files fetched per round trip (s3fs fetches one round concurrently).
@@ -42,7 +43,7 @@ def list_folder(data: DataConfig) -> tuple[AbstractFileSystem, list[str], list[t
         DataError: missing path, a file instead of a folder, no class subfolders, no image files.
     """
     fs, listing = scan_folder(data)
-    files = [(rel, f"{listing.root}/{rel}") for rel in listing.rels]
+    files = [(rel, join(listing.root, rel)) for rel in listing.rels]
     return fs, listing.class_names, files
 
 
@@ -180,7 +181,7 @@ def _entries(fs: AbstractFileSystem, root: str) -> Iterator[tuple[str, bool, int
                 for entry in found:
                     if entry.name.startswith("."):
                         continue
-                    rel = f"{here}/{entry.name}" if here else entry.name
+                    rel = join(here, entry.name) if here else entry.name
                     if entry.is_dir():
                         stack.append(rel)
                         yield rel, True, 0, ""

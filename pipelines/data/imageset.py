@@ -8,11 +8,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 
+from pipelines.data.split import split_indices, split_sizes
+
 if TYPE_CHECKING:
-    from pipelines.data.stream import StreamedSource
+    from pipelines.data.split import StreamedSource
 
 
 @dataclass
@@ -32,7 +33,7 @@ class ImageSet:
             the sample's pixels.
         drawn_split: for a bounded sample of a streamed source: (val_fraction, seed, (N,) bool
             held-out mask) of the split the whole source was split with; `split` keeps it.
-        stream: for such a sample, the whole source (`pipelines.data.stream`): Ray Train streams
+        stream: for such a sample, the whole source (`pipelines.data.split.StreamedSource`): Ray Train streams
             it instead of training on the sample.
     """
 
@@ -69,6 +70,16 @@ class ImageSet:
     def source_size(self) -> int:
         """Images in the whole source: `len(self)`, or the streamed source's count for a sample."""
         return len(self) if self.stream is None else len(self.stream)
+
+    def source_split_sizes(self, val_fraction: float) -> tuple[int, int]:
+        """(train, held-out) images of the whole source's split: the streamed source's for a sample.
+
+        Raises:
+            ValueError: a fraction outside [0, 1), or fewer than 2 images to split.
+        """
+        if self.stream is not None:
+            return len(self.stream.train_items), len(self.stream.val_items)
+        return split_sizes(len(self), val_fraction)
 
     @property
     def num_classes(self) -> int:
@@ -142,33 +153,4 @@ class ImageSet:
         return self.subset(torch.from_numpy(train_idx)), self.subset(torch.from_numpy(val_idx))
 
 
-def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(train, validation) positions of `ImageSet.split` for n images, each sorted (int64).
-
-    Used alike for loaded images and for a listed source that is never loaded whole.
-    """
-    n_val = n - split_sizes(n, val_fraction)[0]
-    gen = torch.Generator().manual_seed(int(seed))
-    perm = torch.randperm(n, generator=gen)
-    val_idx, _ = perm[:n_val].sort()
-    train_idx, _ = perm[n_val:].sort()
-    return train_idx.numpy(), val_idx.numpy()
-
-
-def split_sizes(n: int, val_fraction: float) -> tuple[int, int]:
-    """(train, validation) sizes `ImageSet.split` gives n images (validation >= 1 when the fraction > 0).
-
-    Raises:
-        ValueError: a fraction outside [0, 1), or fewer than 2 images to split.
-    """
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction={val_fraction}: use a value in [0, 1)")
-    n_val = round(n * val_fraction)
-    if val_fraction > 0:
-        if n < 2:
-            raise ValueError(f"cannot split {n} image(s) into non-empty train and validation sets")
-        n_val = min(max(n_val, 1), n - 1)
-    return n - n_val, n_val
-
-
-__all__ = ["ImageSet", "split_indices", "split_sizes"]
+__all__ = ["ImageSet"]

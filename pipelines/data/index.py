@@ -17,7 +17,7 @@ import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -25,9 +25,9 @@ import pyarrow as pa
 from pipelines.data.config import DataConfig
 from pipelines.data.decode import ImageDecodeError, decode_image
 from pipelines.data.filesystems import display_name, open_root
-
-if TYPE_CHECKING:
-    from pipelines.data.parquet import ParquetListing
+from pipelines.data.folder import corrupt_image, scan_folder, unreadable_image
+from pipelines.data.parquet import ParquetListing, read_group_images, scan_parquet
+from pipelines.storage import join
 
 #: Folder files fetched per round trip (s3fs fetches a round concurrently).
 FETCH_BATCH = 256
@@ -114,11 +114,9 @@ class SourceIndex:
         yield from self._read_groups(fs, items)
 
     def _read_files(self, fs: Any, root: str, rels: list[str], items: np.ndarray) -> np.ndarray:
-        from pipelines.data.folder import corrupt_image, unreadable_image
-
         assert self.file_sizes is not None
         ends = self.file_sizes[items].tolist()  # listed sizes: no size request per object
-        blobs = fs.cat_ranges([f"{root}/{rel}" for rel in rels], [0] * len(rels), ends, on_error="return")
+        blobs = fs.cat_ranges([join(root, rel) for rel in rels], [0] * len(rels), ends, on_error="return")
         out = np.empty((len(rels), self.channels, *self.size), dtype=np.float32)  # (n, C, H, W)
         for i, (rel, blob) in enumerate(zip(rels, blobs, strict=True)):
             name = display_name(self.data.path or "", rel)
@@ -131,8 +129,6 @@ class SourceIndex:
         return out
 
     def _read_groups(self, fs: Any, items: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        from pipelines.data.parquet import read_group_images
-
         assert self.parquet is not None
         starts = self.chunk_starts()
         groups = np.searchsorted(starts, items, side="right") - 1
@@ -163,26 +159,31 @@ def index_source(data: DataConfig, size: tuple[int, int], channels: int) -> Sour
             and the labels (corrupt images are found when read).
     """
     if data.source == "folder":
-        from pipelines.data.folder import scan_folder
+        return _index_folder(data, size, channels)
+    return _index_parquet(data, size, channels)
 
-        _, listing = scan_folder(data)
-        labels = listing.labels()
-        header = _header(data, size, channels, listing.class_names, len(labels))
-        digest = _digest(header, labels, listing.stamps)
-        return SourceIndex(
-            data=data,
-            size=size,
-            channels=channels,
-            class_names=listing.class_names,
-            labels=labels,
-            chunk_of=np.arange(len(labels), dtype=np.int64),
-            nbytes=int(listing.sizes.sum()),
-            fingerprint=digest,
-            rels=pa.array(listing.rels, pa.string()),
-            file_sizes=listing.sizes,
-        )
-    from pipelines.data.parquet import scan_parquet
 
+def _index_folder(data: DataConfig, size: tuple[int, int], channels: int) -> SourceIndex:
+    """A folder listed: one chunk per file; the fingerprint covers names, sizes and mtimes or ETags."""
+    _, listing = scan_folder(data)
+    labels = listing.labels()
+    header = _header(data, size, channels, listing.class_names, len(labels))
+    return SourceIndex(
+        data=data,
+        size=size,
+        channels=channels,
+        class_names=listing.class_names,
+        labels=labels,
+        chunk_of=np.arange(len(labels), dtype=np.int64),
+        nbytes=int(listing.sizes.sum()),
+        fingerprint=_digest(header, labels, listing.stamps),
+        rels=pa.array(listing.rels, pa.string()),
+        file_sizes=listing.sizes,
+    )
+
+
+def _index_parquet(data: DataConfig, size: tuple[int, int], channels: int) -> SourceIndex:
+    """Parquet files listed: one chunk per row group; the fingerprint covers files, stamps and groups."""
     _, pq_listing = scan_parquet(data)
     files = [
         [rel, size_, stamp]

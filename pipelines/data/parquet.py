@@ -20,8 +20,9 @@ from fsspec import AbstractFileSystem
 
 from pipelines.data.config import DataConfig
 from pipelines.data.decode import ImageDecodeError, ImageHeader, decode_image, read_header
-from pipelines.data.filesystems import display_name, first_line, is_hidden, open_root, relative
+from pipelines.data.filesystems import display_name, is_hidden, open_root, relative
 from pipelines.errors import DataError
+from pipelines.storage import first_line
 from vae.config import MAX_CLASSES
 
 _BATCH_ROWS = 1024

@@ -18,10 +18,10 @@ import torch
 from pipelines.data.cifar import load_cifar10
 from pipelines.data.config import DataConfig
 from pipelines.data.decode import fit_batch, uint8_to_unit
-from pipelines.data.filesystems import first_line
 from pipelines.data.imageset import ImageSet
 from pipelines.data.index import SourceIndex, index_source
 from pipelines.errors import DataError
+from pipelines.storage import first_line
 from vae.config import VAEConfig
 from vae.ranges import to_model_range
 

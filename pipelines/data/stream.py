@@ -11,15 +11,17 @@ of each split, drawn a chunk at a time (`load_data_for`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from pipelines.data.imageset import ImageSet, split_indices
+from pipelines.data.imageset import ImageSet
 from pipelines.data.index import STREAMABLE, SourceIndex, index_source
 from pipelines.data.order import split_chunks
+from pipelines.data.sources import load_images, read_index
+from pipelines.data.split import StreamedSource, stream_source
+from vae.ranges import to_model_range
 
 if TYPE_CHECKING:
     from pipelines.config import PipelineConfig
@@ -29,28 +31,6 @@ if TYPE_CHECKING:
 SAMPLE_IMAGES = 10_000
 #: ...and bytes of decoded images for both samples together at most.
 SAMPLE_BYTES = 256_000_000
-
-
-@dataclass
-class StreamedSource:
-    """A listed source and its split, as the streaming path trains on it.
-
-    Attributes:
-        index: the listing.
-        train_items: (n_train,) sorted image numbers of the training split.
-        val_items: (n_val,) sorted image numbers of the held-out split.
-        val_fraction: the split's `train.val_fraction`.
-        seed: the split's `train.seed`.
-    """
-
-    index: SourceIndex
-    train_items: np.ndarray
-    val_items: np.ndarray
-    val_fraction: float
-    seed: int
-
-    def __len__(self) -> int:
-        return len(self.index)
 
 
 def streams(cfg: PipelineConfig) -> bool:
@@ -69,14 +49,6 @@ def choose_stream(cfg: PipelineConfig, index: SourceIndex) -> bool:
     return max(index.nbytes, decoded) / 1e6 > cfg.train.stream_above_mb
 
 
-def stream_source(index: SourceIndex, val_fraction: float, seed: int) -> StreamedSource:
-    """The index with the split `ImageSet.split` would make of the loaded images."""
-    train_items, val_items = split_indices(len(index), val_fraction, seed)
-    return StreamedSource(
-        index, train_items.astype(np.int64), val_items.astype(np.int64), float(val_fraction), int(seed)
-    )
-
-
 def load_data_for(cfg: PipelineConfig, model: VAEConfig | None = None) -> ImageSet:
     """The run's real images in `model`'s size, channels and range (default `cfg.model`): all of
     them in memory, or, when the run streams, a bounded sample whose `stream` is the whole source.
@@ -87,8 +59,6 @@ def load_data_for(cfg: PipelineConfig, model: VAEConfig | None = None) -> ImageS
     Raises:
         DataError: the source cannot be listed or read.
     """
-    from pipelines.data.sources import load_images
-
     model = model or cfg.model
     if not streams(cfg):
         return load_images(cfg.data, model)
@@ -103,9 +73,6 @@ def load_data_for(cfg: PipelineConfig, model: VAEConfig | None = None) -> ImageS
 
 def sample_of(source: StreamedSource, model: VAEConfig, seed: int) -> ImageSet:
     """A seeded sample of whole chunks of each split, at most `SAMPLE_IMAGES` images per split."""
-    from pipelines.data.sources import read_index
-    from vae.ranges import to_model_range
-
     index = source.index
     cap = max(1, min(SAMPLE_IMAGES, SAMPLE_BYTES // 2 // index.image_bytes))
     picked = np.concatenate(
@@ -149,10 +116,8 @@ def _sample_chunks(index: SourceIndex, items: np.ndarray, cap: int, seed: int) -
 __all__ = [
     "SAMPLE_BYTES",
     "SAMPLE_IMAGES",
-    "StreamedSource",
     "choose_stream",
     "load_data_for",
     "sample_of",
-    "stream_source",
     "streams",
 ]

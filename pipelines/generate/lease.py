@@ -26,12 +26,14 @@ from datetime import UTC, datetime
 
 from fsspec import AbstractFileSystem
 
+from pipelines.dataset_format import LEASE
 from pipelines.errors import StorageError
 from pipelines.generate.conditional import delete_if, read_tagged, write_if
+from pipelines.procfs import read_stat
+from pipelines.storage import join
 
 log = logging.getLogger(__name__)
 
-LEASE = "_LEASE"
 #: A lease not renewed for this long is stale (its holder is presumed dead).
 LEASE_SECONDS = 120.0
 #: How often the holder renews it.
@@ -40,11 +42,8 @@ RENEW_SECONDS = 20.0
 
 def _process_start(pid: int) -> str:
     """Start time of `pid` in clock ticks since boot (Linux), "" elsewhere: tells a reused pid apart."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[19].decode()
-    except (OSError, IndexError):
-        return ""
+    stat = read_stat(pid)
+    return "" if stat is None else str(stat.start)
 
 
 def _pid_alive(pid: int, started: str) -> bool:
@@ -123,7 +122,7 @@ def busy_error(shown_url: str, holder: LeaseRecord) -> StorageError:
 
 def current_holder(fs: AbstractFileSystem, root: str) -> LeaseRecord | None:
     """The live holder of `root`'s lease, or None when it is free or stale."""
-    blob, _ = read_tagged(fs, f"{root}/{LEASE}")
+    blob, _ = read_tagged(fs, join(root, LEASE))
     record = LeaseRecord.from_json(blob) if blob is not None else None
     return record if record is not None and record.alive(time.time()) else None
 
@@ -132,7 +131,7 @@ class Lease:
     """A held lease on an output (use `Lease.acquire` as a context manager)."""
 
     def __init__(self, fs: AbstractFileSystem, root: str, shown_url: str, record: LeaseRecord, tag: str):
-        self.fs, self.path, self.shown = fs, f"{root}/{LEASE}", shown_url
+        self.fs, self.path, self.shown = fs, join(root, LEASE), shown_url
         self.record, self._tag = record, tag
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -148,7 +147,7 @@ class Lease:
         """
         owner = uuid.uuid4().hex
         acquired_at = datetime.now(UTC).isoformat(timespec="seconds")
-        path = f"{root}/{LEASE}"
+        path = join(root, LEASE)
         try:
             for _ in range(5):  # each pass either wins or sees a newer lease
                 blob, tag = read_tagged(fs, path)
@@ -224,4 +223,4 @@ class Lease:
         self.release()
 
 
-__all__ = ["LEASE", "LEASE_SECONDS", "Lease", "LeaseRecord", "busy_error", "current_holder"]
+__all__ = ["LEASE_SECONDS", "Lease", "LeaseRecord", "busy_error", "current_holder"]

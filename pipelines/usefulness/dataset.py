@@ -18,9 +18,10 @@ from fsspec import AbstractFileSystem
 
 from pipelines.config import PipelineConfig, ReportConfig
 from pipelines.data.decode import decode_png
-from pipelines.data.filesystems import first_line
 from pipelines.data.imageset import ImageSet
+from pipelines.data.split import HeldOut
 from pipelines.errors import DataError
+from pipelines.storage import first_line
 from pipelines.usefulness.classifier import Pool, Recipe, SmallCNN, predict
 from pipelines.usefulness.judge import JudgeError, ensure_judge, read_judge_info
 from pipelines.usefulness.report import UsefulnessReport, usefulness_report
@@ -55,22 +56,13 @@ def real_splits(data: ImageSet, model_cfg: VAEConfig, val_fraction: float, seed:
     `fingerprint` identifies the training split itself (data, fraction and seed): the judge trained
     on it is reused only for the same split.
     """
-    train, heldout = data.split(val_fraction, seed=seed)
+    train, heldout = data.split(val_fraction, seed)
 
     def pool(part: ImageSet) -> Pool:
         return Pool(to_unit_range(part.images, model_cfg).contiguous(), part.labels.clone())
 
     key = json.dumps([data.fingerprint(), float(val_fraction), int(seed)]).encode()
     return RealSplits(pool(train), pool(heldout), list(data.class_names), hashlib.sha256(key).hexdigest())
-
-
-def model_split(cfg: PipelineConfig, meta: dict[str, Any]) -> tuple[float, int]:
-    """(val_fraction, seed) the saved model was trained with (its recorded `train`), else `cfg.train`'s."""
-    recorded = (meta.get("extra") or {}).get("train") or {}
-    return (
-        float(recorded.get("val_fraction", cfg.train.val_fraction)),
-        int(recorded.get("seed", cfg.train.seed)),
-    )
 
 
 @dataclass
@@ -112,7 +104,7 @@ def prepare_judging(
             raise DataError(f"generate.curation_threshold needs the model's real data: {problem}")
         return Judging(note=f"no usefulness report: {problem}")
     assert data is not None
-    real = real_splits(data, model.cfg, *model_split(cfg, meta))
+    real = real_splits(data, model.cfg, *HeldOut.of(cfg.train, meta))  # the split the model trained with
     note = None
     if len(real.heldout.images) < 2:
         note = "no usefulness report: the model's train.val_fraction left fewer than 2 held-out images"
@@ -240,7 +232,6 @@ def usefulness_picture(result: UsefulnessReport, synthetic: Pool, judge: SmallCN
 __all__ = [
     "Judging",
     "RealSplits",
-    "model_split",
     "prepare_judging",
     "read_sample",
     "real_splits",

@@ -15,11 +15,11 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import fsspec
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from pipelines.errors import ModelError
+from pipelines.storage import join, open_url
 from pipelines.usefulness.classifier import Pool, Recipe, SmallCNN, train_classifier
 
 JUDGE_DIR = "judge"
@@ -45,7 +45,7 @@ class JudgeInfo:
 
 def judge_dir(model_dir: str) -> str:
     """Where the judge of the model at `model_dir` lives."""
-    return model_dir.rstrip("/") + "/" + JUDGE_DIR
+    return join(model_dir, JUDGE_DIR)
 
 
 def train_judge(
@@ -60,20 +60,20 @@ def train_judge(
 def save_judge(model: SmallCNN, info: JudgeInfo, model_dir: str, storage_options: dict | None = None) -> str:
     """Write the judge under `<model_dir>/judge/` (weights first, config last); returns its URL."""
     url = judge_dir(model_dir)
-    fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    fs, root = open_url(url, storage_options)
     fs.makedirs(root, exist_ok=True)
     blob = st_save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
     info.weights_sha256 = hashlib.sha256(blob).hexdigest()
-    fs.pipe_file(f"{root}/{JUDGE_WEIGHTS}", blob)
-    fs.pipe_file(f"{root}/{JUDGE_CONFIG}", json.dumps(asdict(info), indent=2).encode())
+    fs.pipe_file(join(root, JUDGE_WEIGHTS), blob)
+    fs.pipe_file(join(root, JUDGE_CONFIG), json.dumps(asdict(info), indent=2).encode())
     return url
 
 
 def read_judge_info(model_dir: str, storage_options: dict | None = None) -> JudgeInfo | None:
     """The saved judge's description, or None when there is none (or it is unreadable)."""
-    fs, root = fsspec.core.url_to_fs(judge_dir(model_dir), **(storage_options or {}))
+    fs, root = open_url(judge_dir(model_dir), storage_options)
     try:
-        data = json.loads(fs.cat_file(f"{root}/{JUDGE_CONFIG}"))
+        data = json.loads(fs.cat_file(join(root, JUDGE_CONFIG)))
         data["image_size"] = tuple(data["image_size"])
         return JudgeInfo(**data)
     except (FileNotFoundError, json.JSONDecodeError, TypeError, KeyError):
@@ -89,8 +89,8 @@ def load_judge(model_dir: str, storage_options: dict | None = None, map_location
             f"no judge classifier at '{where}': run the pipeline's generate stage with "
             "report.enabled=true or generate.curation_threshold set, which trains one"
         )
-    fs, root = fsspec.core.url_to_fs(where, **(storage_options or {}))
-    blob = fs.cat_file(f"{root}/{JUDGE_WEIGHTS}")
+    fs, root = open_url(where, storage_options)
+    blob = fs.cat_file(join(root, JUDGE_WEIGHTS))
     if hashlib.sha256(blob).hexdigest() != info.weights_sha256:
         raise JudgeError(f"corrupt judge weights under '{where}': delete the folder to retrain it")
     model = SmallCNN(info.channels, len(info.class_names), info.image_size, info.recipe["width"])

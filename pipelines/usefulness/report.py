@@ -181,6 +181,31 @@ def _frechet(scorer: SmallCNN, train: Pool, heldout: Pool, synthetic: Pool) -> t
     return frechet_distance(f_syn, f_held), frechet_distance(f_train, f_held)
 
 
+def _check_inputs(seeds: int, *pools: Pool) -> None:
+    """Raise ValueError unless there is a seed and >= 2 images in each of train, held-out, synthetic."""
+    if seeds < 1:
+        raise ValueError(f"seeds={seeds}: use >= 1")
+    if min(len(pool.images) for pool in pools) < 2:
+        raise ValueError("the usefulness report needs >= 2 training, held-out and synthetic images")
+
+
+def _scorer(models: list[SmallCNN], curated: bool, train: Pool, k: int, recipe: Recipe) -> SmallCNN:
+    """The classifier that scores label fidelity and the Fréchet features: the first real run, or
+    for a set the judge (that first run) curated, another real-trained one (seed 1)."""
+    if not curated:
+        return models[0]
+    return models[1] if len(models) > 1 else train_classifier(train, None, k, recipe, seed=1)
+
+
+def _cas_and_gain(runs: dict[str, list[float]]) -> tuple[float, float]:
+    """(CAS: synthetic-only accuracy over real-only, gain: best with synthetic minus best without),
+    from each condition's mean accuracy over its seeds."""
+    best = {c: Spread(runs[c]).mean for c in runs}
+    cas = runs["synth"][0] / best["real"] if best["real"] > 0 else 0.0
+    gain = max(best["real+synth"], best["real+synth+classic"]) - max(best["real"], best["real+classic"])
+    return cas, gain
+
+
 def usefulness_report(
     train: Pool,
     heldout: Pool,
@@ -211,29 +236,24 @@ def usefulness_report(
     Returns:
         The `UsefulnessReport`.
     """
-    if seeds < 1:
-        raise ValueError(f"seeds={seeds}: use >= 1")
-    if min(len(train.images), len(heldout.images), len(synthetic.images)) < 2:
-        raise ValueError("the usefulness report needs >= 2 training, held-out and synthetic images")
+    _check_inputs(seeds, train, heldout, synthetic)
     recipe = recipe or Recipe()
     k = len(class_names)
     t0 = time.perf_counter()
     models, runs = _real_runs(train, heldout, k, recipe, seeds, flip, judge)
     runs.update(_synthetic_runs(train, heldout, synthetic, k, recipe, seeds, flip))
-    scorer = models[0]
-    if curated:
-        scorer = models[1] if len(models) > 1 else train_classifier(train, None, k, recipe, seed=1)
+    scorer = _scorer(models, curated, train, k, recipe)
     fid = label_fidelity(scorer, synthetic)
     frechet, floor = _frechet(scorer, train, heldout, synthetic)
-    best = {c: Spread(runs[c]).mean for c in runs}
+    cas, gain = _cas_and_gain(runs)
     return UsefulnessReport(
         class_names=list(class_names),
         label_fidelity=fid.overall,
         fidelity_per_class={class_names[i]: v for i, v in fid.per_class.items()},
         confidence=fid.confidence,
-        cas=runs["synth"][0] / best["real"] if best["real"] > 0 else 0.0,
+        cas=cas,
         accuracy=runs,
-        gain=max(best["real+synth"], best["real+synth+classic"]) - max(best["real"], best["real+classic"]),
+        gain=gain,
         frechet=frechet,
         frechet_floor=floor,
         images={"train": len(train.images), "heldout": len(heldout.images), "synthetic": len(synthetic)},

@@ -1,6 +1,7 @@
 """Process and socket facts read from Linux's /proc, for tests about what a run leaves behind.
 
 /proc rather than psutil: psutil is no dependency of this project (only Ray's vendored copy exists).
+/proc/<pid>/stat is read by `pipelines.procfs`, the parser the lease and the watchdog use.
 """
 
 from __future__ import annotations
@@ -8,6 +9,8 @@ from __future__ import annotations
 import ipaddress
 import os
 from dataclasses import dataclass
+
+from pipelines.procfs import pids, read_stat
 
 
 @dataclass(frozen=True)
@@ -17,15 +20,6 @@ class Proc:
     pid: int
     start: int
     cmdline: str
-
-
-def _stat_fields(pid: int) -> list[str] | None:
-    """Fields of /proc/PID/stat after the command name (state first), or None when gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
 
 
 def cmdline(pid: int) -> str:
@@ -41,10 +35,10 @@ def descendants(root: int) -> list[Proc]:
     """Every living descendant of `root` (children, their children, ...)."""
     children: dict[int, list[int]] = {}
     starts: dict[int, int] = {}
-    for name in os.listdir("/proc"):
-        if name.isdigit() and (fields := _stat_fields(int(name))) is not None:
-            children.setdefault(int(fields[1]), []).append(int(name))  # fields[1]: the parent's pid
-            starts[int(name)] = int(fields[19])  # starttime
+    for pid in pids():
+        if (stat := read_stat(pid)) is not None:
+            children.setdefault(stat.ppid, []).append(pid)
+            starts[pid] = stat.start
     found, stack = [], [root]
     while stack:
         for child in children.get(stack.pop(), []):
@@ -55,8 +49,8 @@ def descendants(root: int) -> list[Proc]:
 
 def alive(proc: Proc) -> bool:
     """Whether `proc` still runs: same pid and start time, and not a zombie (exited, unreaped)."""
-    fields = _stat_fields(proc.pid)
-    return fields is not None and fields[0] != "Z" and int(fields[19]) == proc.start
+    stat = read_stat(proc.pid)
+    return stat is not None and stat.state != "Z" and stat.start == proc.start
 
 
 def _socket_inodes(pid: int) -> set[str]:

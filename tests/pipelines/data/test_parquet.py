@@ -1,25 +1,38 @@
-"""The "parquet" source on bad input: sparse or huge labels, too many classes, a corrupt data page.
+"""The "parquet" source: Hugging Face tables (local, S3, written by `datasets`) load like the same
+images in a folder; bad input (sparse or huge labels, too many classes, wrong columns, a corrupt image
+or data page) is a one-line error.
 
-Real Parquet files on local disk, read through `load_images` (and the CLI for the exit code). No mocks.
+Real Parquet files on local disk and a moto S3 server, read through `load_images` (and the CLI for
+the exit code). No mocks.
 """
 
 from __future__ import annotations
 
 import io
 
+import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 from PIL import Image
 
 from pipelines.cli import main
 from pipelines.data import DataConfig, load_images
 from pipelines.data.parquet import parquet_headers
 from pipelines.errors import DataError
-from vae.config import MAX_CLASSES, VAEConfig
+from tests.pipelines.data.imagetree import (
+    EXPECTED_GRAY,
+    EXPECTED_IDS,
+    GRAY8,
+    RGB12x10,
+    hf_table,
+    parquet_bytes,
+    tree_files,
+)
+from vae.config import MAX_CLASSES
 
-GRAY8 = VAEConfig(image_size=(8, 8), channels=1)
 IMAGE_TYPE = pa.struct([pa.field("bytes", pa.binary()), pa.field("path", pa.string())])
 
 
@@ -110,3 +123,91 @@ def test_a_corrupt_data_page_names_the_file_and_row_group(tmp_path, column, caps
     err_text = capsys.readouterr().err.strip()
     assert code == 2 and len(err_text.splitlines()) == 1 and "row group 1" in err_text
     assert not (out / "model").exists()
+
+
+# ----------------------------------------------------------------------------- Hugging Face tables
+
+
+def test_parquet_local_and_s3(tmp_path, tree, s3):
+    pq.write_table(hf_table(), tmp_path / "train.parquet")
+    local = load_images(DataConfig(source="parquet", path=str(tmp_path / "train.parquet")), RGB12x10)
+    assert local.class_names == ["cat", "dog", "emu"] and local.labels.tolist() == [0, 0, 1, 1, 2, 2]
+    assert local.ids == [f"train.parquet#{i}" for i in range(6)]
+    from_folder = load_images(DataConfig(source="folder", path=str(tree)), RGB12x10)
+    assert torch.equal(local.images, from_folder.images)  # same bytes, same decoding
+
+    bucket = s3.new_bucket()
+    fs = fsspec.filesystem("s3", **s3.storage_options())
+    table = hf_table()
+    fs.pipe_file(f"{bucket}/ds/data/train-00001.parquet", parquet_bytes(table.slice(3)))
+    fs.pipe_file(f"{bucket}/ds/data/train-00000.parquet", parquet_bytes(table.slice(0, 3)))
+    fs.pipe_file(f"{bucket}/ds/_SUCCESS", b"")
+    remote = load_images(DataConfig(source="parquet", path=f"s3://{bucket}/ds"), RGB12x10)  # env endpoint
+    assert remote.ids == [f"data/train-00000.parquet#{i}" for i in range(3)] + [
+        f"data/train-00001.parquet#{i}" for i in range(3)
+    ]
+    assert torch.equal(remote.images, local.images) and remote.fingerprint() == local.fingerprint()
+    limited = load_images(DataConfig(source="parquet", path=f"s3://{bucket}/ds", limit=4), RGB12x10)
+    assert limited.ids == remote.ids[:4]
+
+
+def test_parquet_written_by_datasets(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    files = tree_files()
+    features = datasets.Features(
+        {"image": datasets.Image(), "label": datasets.ClassLabel(names=["cat", "dog", "emu"])}
+    )
+    ds = datasets.Dataset.from_dict(
+        {
+            "image": [Image.open(io.BytesIO(files[rel])) for rel in EXPECTED_IDS],
+            "label": [0, 0, 1, 1, 2, 2],
+        },
+        features=features,
+    )
+    ds.to_parquet(str(tmp_path / "hf.parquet"))
+    s = load_images(DataConfig(source="parquet", path=str(tmp_path / "hf.parquet")), GRAY8)
+    assert s.class_names == ["cat", "dog", "emu"] and s.labels.tolist() == [0, 0, 1, 1, 2, 2]
+    assert (s.images.mean(dim=(1, 2, 3)) * 255).tolist() == pytest.approx(EXPECTED_GRAY, abs=3)
+
+
+def test_parquet_without_metadata_falls_back(tmp_path):
+    pq.write_table(hf_table(with_metadata=False, n=4), tmp_path / "x.parquet")
+    s = load_images(DataConfig(source="parquet", path=str(tmp_path)), GRAY8)
+    assert s.class_names == ["0", "1"] and s.ids == [f"x.parquet#{i}" for i in range(4)]
+
+
+def test_parquet_errors(tmp_path):
+    def load(path, **kw):
+        return load_images(DataConfig(source="parquet", path=str(path), **kw), GRAY8)
+
+    with pytest.raises(DataError, match="does not exist"):
+        load(tmp_path / "missing.parquet")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no .parquet files under"):
+        load(tmp_path / "empty")
+
+    table = hf_table(n=2)
+    pq.write_table(table.rename_columns(["image", "target"]), tmp_path / "nolabel.parquet")
+    with pytest.raises(DataError) as err:
+        load(tmp_path / "nolabel.parquet")
+    msg = str(err.value)
+    assert "'label' not found" in msg and "['image', 'target']" in msg and "data.label_column" in msg
+
+    wrong = pa.table({"image": pa.array(["a.png", "b.png"]), "label": pa.array([0, 1])})
+    pq.write_table(wrong, tmp_path / "wrongtype.parquet")
+    with pytest.raises(DataError, match=r"column 'image' .* has type string, not struct<bytes"):
+        load(tmp_path / "wrongtype.parquet")
+
+    corrupt = pa.table(
+        {
+            "image": pa.array(
+                [table["image"][0].as_py(), {"bytes": b"broken", "path": "zz.png"}], type=table["image"].type
+            ),
+            "label": pa.array([0, 1]),
+        }
+    )
+    pq.write_table(corrupt, tmp_path / "corrupt.parquet")
+    with pytest.raises(DataError, match=r"corrupt image in '.*corrupt.parquet' row 1: cannot identify"):
+        load(tmp_path / "corrupt.parquet")
+    with pytest.raises(DataError, match="'lbl' not found"):
+        load(tmp_path / "nolabel.parquet", label_column="lbl", image_column="image")

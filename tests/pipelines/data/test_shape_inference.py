@@ -19,7 +19,7 @@ import yaml
 from PIL import Image, PngImagePlugin
 
 from pipelines.cli import main
-from pipelines.config import config_from_dict, load_config, save_config
+from pipelines.config import config_from_dict, config_yaml, load_config
 from pipelines.data import SOURCES, DataConfig, infer_data_shape, resolve_data_shape
 from pipelines.data.folder import folder_headers
 from pipelines.data.shape import FIXED_SHAPES, HEADER_READERS
@@ -245,11 +245,11 @@ def test_errors(tmp_path):
 
 
 def test_resolved_config_round_trips_and_keys_the_training_cache(gray28):
-    from pipelines.flow import _training_inputs
+    from pipelines.training_cache import training_inputs as _training_inputs
 
     cfg = _cfg("data.source=folder", f"data.path={gray28}")
     resolve_data_shape(cfg)
-    saved = yaml.safe_load(save_config(cfg))
+    saved = yaml.safe_load(config_yaml(cfg))
     assert saved["model"]["image_size"] == [28, 28] and "infer_from_data" not in saved
     again = config_from_dict(saved)
     assert again == cfg and again.infer_from_data == ()
