@@ -40,7 +40,7 @@ from pipelines.config import GenerateConfig, PipelineConfig, RayConfig  # noqa: 
 from pipelines.data import DataConfig, load_images  # noqa: E402
 from pipelines.generate import generate  # noqa: E402
 from pipelines.generate.actors import tune_allocator  # noqa: E402
-from pipelines.generate.job import _job_spec  # noqa: E402
+from pipelines.generate.driver import _sampling_spec  # noqa: E402
 from pipelines.generate.plan import make_plan  # noqa: E402
 from pipelines.generate.png import PNGEncoder, backend_version, default_backend  # noqa: E402
 from pipelines.generate.shard import shard_rows, write_shard  # noqa: E402
@@ -96,7 +96,7 @@ def breakdown(model: VAE, cfg: PipelineConfig, model_dir: str) -> dict[str, floa
     """Images per CPU-second of the stages of one shard: decode, + uint8 + PNG, + Arrow/Parquet write."""
     meta = read_model_config(model_dir)
     plan = make_plan(cfg.generate, model.cfg, meta["extra"]["class_names"])
-    job, _ = _job_spec(cfg, model, meta, plan, None)
+    job, _ = _sampling_spec(cfg, model, meta, plan, None)
     spec = plan.shards[0]
     rows = shard_rows(model, job, spec, None)
     enc = PNGEncoder(*model.cfg.image_shape, level=job.png_compression, backend=job.png_backend)

@@ -22,7 +22,8 @@ import yaml
 from pipelines.config import PipelineConfig
 from pipelines.errors import PipelineError
 from pipelines.raycluster import check_reachable
-from pipelines.redaction import find_secrets, redact_url
+from pipelines.redaction import find_secrets
+from pipelines.storage import first_line, redact_url
 
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 AGENT_WAIT_S = 120.0  # a head that just started may take a while before its job agent accepts jobs
@@ -40,8 +41,10 @@ def _dashboard_address(cfg: PipelineConfig) -> str:
     return address
 
 
-def _job_config(cfg: PipelineConfig) -> dict:
-    """The config shipped in the job's working directory (a file the cluster keeps).
+def _shipped_config(cfg: PipelineConfig) -> dict[str, Any]:
+    """The config shipped in the job's working directory (a file the cluster keeps): refused when
+    `pipelines.redaction.find_secrets` (the one policy) finds credentials in it; a redacted copy
+    would not run on the cluster.
 
     Raises:
         PipelineError: the config holds credentials (named by key, never by value).
@@ -67,9 +70,7 @@ def _submit(client: Any, wait_s: float = AGENT_WAIT_S, **job: Any) -> str:
             return client.submit_job(**job)
         except RuntimeError as exc:
             if "No available agent" not in str(exc) or time.monotonic() > deadline:
-                raise PipelineError(
-                    f"the Ray job server refused the job: {str(exc).splitlines()[0]}"
-                ) from None
+                raise PipelineError(f"the Ray job server refused the job: {first_line(exc)}") from None
             time.sleep(2.0)
 
 
@@ -98,20 +99,44 @@ def run_as_ray_job(
     """
     from ray.job_submission import JobSubmissionClient
 
-    shipped = _job_config(cfg)  # first: credentials in the config are refused before any contact
+    shipped = _shipped_config(cfg)  # first: credentials in the config are refused before any contact
     address = _dashboard_address(cfg)
     check_reachable(address)
     client = JobSubmissionClient(address)
+    job_id = _submit_with_config(client, command, shipped)
+    echo(f"submitted Ray job {job_id} to {redact_url(address)}")
+    status, logs = _follow(client, job_id, poll_s, timeout_s, echo)
+    if status != "SUCCEEDED":
+        last = next((ln for ln in reversed(logs.splitlines()) if ln.strip()), "(no output)")
+        raise PipelineError(
+            f"Ray job {job_id} {status.lower()}: {last.strip()[:300]} "
+            f"(full log: ray job logs {job_id} --address {redact_url(address)})"
+        )
+    return job_id
+
+
+def _submit_with_config(client: Any, command: str, shipped: dict[str, Any]) -> str:
+    """Submit `vaeaug <command> --config config.yaml` with `shipped` as that file in the job's
+    working directory (uploaded by Ray); returns the submission id."""
     with tempfile.TemporaryDirectory(prefix="vaeaug-job-") as workdir:
         Path(workdir, "config.yaml").write_text(yaml.safe_dump(shipped, sort_keys=False))
-        job_id = _submit(
+        return _submit(
             client,
             entrypoint=f"vaeaug {command} --config config.yaml",
             runtime_env={"working_dir": workdir},
             submission_id=f"vaeaug-{command}-{uuid.uuid4().hex[:8]}",
             metadata={"vaeaug_command": command},
         )
-    echo(f"submitted Ray job {job_id} to {redact_url(address)}")
+
+
+def _follow(
+    client: Any, job_id: str, poll_s: float, timeout_s: float | None, echo: Callable[[str], None]
+) -> tuple[str, str]:
+    """Echo the job's new log lines every `poll_s` until it ends; returns (final status, whole log).
+
+    Raises:
+        PipelineError: the job ran past `timeout_s` (it is stopped first).
+    """
     shown = 0
     started = time.monotonic()
     while True:
@@ -121,15 +146,8 @@ def run_as_ray_job(
             echo(line)
         shown = len(logs)
         if status in TERMINAL:
-            break
+            return status, logs
         if timeout_s is not None and time.monotonic() - started > timeout_s:
             client.stop_job(job_id)
             raise PipelineError(f"Ray job {job_id} timed out after {timeout_s:.0f} s and was stopped")
         time.sleep(poll_s)
-    if status != "SUCCEEDED":
-        last = next((ln for ln in reversed(logs.splitlines()) if ln.strip()), "(no output)")
-        raise PipelineError(
-            f"Ray job {job_id} {status.lower()}: {last.strip()[:300]} "
-            f"(full log: ray job logs {job_id} --address {redact_url(address)})"
-        )
-    return job_id

@@ -205,19 +205,19 @@ def redact_overrides(overrides: Iterable[str] | None) -> list[str] | None:
 
 
 def secret_parameters_error(
-    config: Any = None, overrides: Iterable[str] | None = None, where: str = "flow parameters"
+    settings: Any = None, overrides: Iterable[str] | None = None, where: str = "flow parameters"
 ) -> ConfigError | None:
     """The refusal of flow parameters that hold credentials, or None when they hold none.
 
     Args:
-        config: the flow's `config` parameter (nested sections).
+        settings: the flow's config parameters ({"data": {...}, "train": {...}, "output_dir": ...}).
         overrides: its dotted "key=value" overrides.
         where: what the user gave them as, for the message ("flow parameters", "overrides").
 
     Returns:
         A one-line `ConfigError` naming the keys (never the values) and `SECRET_FIX`, or None.
     """
-    found = [f"config.{p}" for p in find_secrets(config)] if config else []
+    found = find_secrets(settings) if settings else []
     found += override_secrets(overrides)
     if not found:
         return None
@@ -225,14 +225,14 @@ def secret_parameters_error(
 
 
 def refuse_secret_parameters(
-    config: Any = None, overrides: Iterable[str] | None = None, where: str = "flow parameters"
+    settings: Any = None, overrides: Iterable[str] | None = None, where: str = "flow parameters"
 ) -> None:
-    """Raise `secret_parameters_error(...)` when `config`/`overrides` hold credentials.
+    """Raise `secret_parameters_error(...)` when `settings`/`overrides` hold credentials.
 
     Raises:
         ConfigError: one line naming the keys that hold credentials and how to pass them instead.
     """
-    error = secret_parameters_error(config, overrides, where)
+    error = secret_parameters_error(settings, overrides, where)
     if error is not None:
         raise error
 

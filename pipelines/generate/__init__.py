@@ -3,9 +3,10 @@
 >>> from pipelines.generate import generate
 >>> result = generate(cfg)  # doctest: +SKIP  (cfg: a PipelineConfig; writes cfg.dataset_dir)
 
-Modules by role: `plan` (job -> shard specs), `shard` (one shard -> one Parquet file), `png`
+Modules by role: `plan` (the request -> shard specs), `shard` (one shard -> one Parquet file), `png`
 (batch PNG encoder), `schema` (Arrow schema + Hugging Face metadata), `actors` (the Ray actor),
-`commit` (output checks, manifest, `_SUCCESS`), `card` (README.md), `job` (the driver).
+`fanout` (shards to actors), `commit` (output checks, manifest, `_SUCCESS`), `card` (README.md),
+`driver` (the generation driver). The file layout is `pipelines.dataset_format`'s.
 """
 
 from __future__ import annotations
@@ -13,12 +14,12 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-# Loaded on first use: the readers import `pipelines.generate.commit` (the dataset format) and must
-# not pull in the driver, torch and torchvision with it (a DataLoader worker imports the readers).
+# Loaded on first use: importing one submodule (`commit`, `schema`...) must not pull in the driver,
+# torch and torchvision with it.
 _LAZY = {
-    "GenerateResult": "pipelines.generate.job",
-    "generate": "pipelines.generate.job",
-    "JobPlan": "pipelines.generate.plan",
+    "GenerateResult": "pipelines.generate.driver",
+    "generate": "pipelines.generate.driver",
+    "GenerationPlan": "pipelines.generate.plan",
     "ShardSpec": "pipelines.generate.plan",
     "make_plan": "pipelines.generate.plan",
     "write_shard": "pipelines.generate.shard",
@@ -31,4 +32,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["GenerateResult", "JobPlan", "ShardSpec", "generate", "make_plan", "write_shard"]
+__all__ = ["GenerateResult", "GenerationPlan", "ShardSpec", "generate", "make_plan", "write_shard"]

@@ -17,7 +17,7 @@ from fsspec import AbstractFileSystem
 
 from pipelines.generate.commit import open_fs
 from pipelines.generate.plan import Piece, ShardSpec, SourceImages
-from pipelines.generate.shard import JobSpec, ShardStats, write_shard
+from pipelines.generate.shard import SamplingSpec, ShardStats, write_shard
 from vae.io import load_model
 from vae.model import VAE
 
@@ -53,7 +53,7 @@ class ShardWriter:
     Args:
         model_dir: the saved model (local path or fsspec URL).
         model_storage_options: fsspec options for `model_dir`.
-        job: the job's shared settings.
+        sampling: the job's shared settings.
         output_url: the dataset directory.
         storage_options: fsspec options for `output_url` (credentials stay in memory).
         sources: the real images for variants / interpolations, or None.
@@ -65,7 +65,7 @@ class ShardWriter:
         self,
         model_dir: str,
         model_storage_options: dict[str, Any],
-        job: JobSpec,
+        sampling: SamplingSpec,
         output_url: str,
         storage_options: dict[str, Any],
         sources: SourceImages | None,
@@ -77,11 +77,11 @@ class ShardWriter:
         device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
         self.model = load_model(model_dir, map_location=device, storage_options=model_storage_options)
         self.judge = None
-        if job.curation_threshold is not None:
+        if sampling.curation_threshold is not None:
             from pipelines.usefulness.judge import load_judge
 
             self.judge = load_judge(model_dir, model_storage_options, map_location=device)
-        self.job = job
+        self.sampling = sampling
         self.sources = sources
         self.fs, self.root = open_fs(output_url, storage_options)
         self._warm_up()
@@ -95,24 +95,24 @@ class ShardWriter:
         """
         cfg = self.model.cfg
         z = torch.zeros(
-            self.job.batch_size, cfg.latent_dim, device=self.model.device, dtype=self.model.fc_dtype
+            self.sampling.batch_size, cfg.latent_dim, device=self.model.device, dtype=self.model.fc_dtype
         )
         y = (
-            torch.zeros(self.job.batch_size, dtype=torch.long, device=self.model.device)
+            torch.zeros(self.sampling.batch_size, dtype=torch.long, device=self.model.device)
             if cfg.conditional
             else None
         )
         self.model.decode(z, y)  # (B, C, H, W)
         fs = fsspec.filesystem("memory")
         root = f"/vaeaug-warm-up-{os.getpid()}"
-        write_shard(self.model, self.job, ShardSpec(0, 0, (Piece("prior", 0, 1),)), None, fs, root)
+        write_shard(self.model, self.sampling, ShardSpec(0, 0, (Piece("prior", 0, 1),)), None, fs, root)
         fs.rm(root, recursive=True)
 
     @classmethod
     def in_process(
         cls,
         model: VAE,
-        job: JobSpec,
+        sampling: SamplingSpec,
         sources: SourceImages | None,
         fs: AbstractFileSystem,
         root: str,
@@ -120,7 +120,7 @@ class ShardWriter:
     ) -> ShardWriter:
         """A writer around an already loaded model (and judge), for the single-process path (no Ray)."""
         self = cls.__new__(cls)
-        self.model, self.job, self.sources, self.fs, self.root = model, job, sources, fs, root
+        self.model, self.sampling, self.sources, self.fs, self.root = model, sampling, sources, fs, root
         self.judge = judge
         return self
 
@@ -133,7 +133,7 @@ class ShardWriter:
         Returns:
             Its `ShardStats` (with this process's id and peak RSS).
         """
-        return write_shard(self.model, self.job, spec, self.sources, self.fs, self.root, self.judge)
+        return write_shard(self.model, self.sampling, spec, self.sources, self.fs, self.root, self.judge)
 
     def ready(self) -> str:
         """Round trip used to wait for the actor to start; returns the decoder's device."""

@@ -6,6 +6,8 @@ from typing import Any
 
 import yaml
 
+from pipelines.dataset_format import DATA_DIR, MANIFEST, MARKER, PICTURE
+
 
 def features_yaml(features: dict[str, Any]) -> list[dict[str, Any]]:
     """`datasets` features dict -> the list form used in dataset cards (`Features._to_yaml_list`).
@@ -40,9 +42,29 @@ def dataset_card(manifest: dict[str, Any]) -> str:
     Returns:
         Markdown with YAML front matter (`dataset_info.features`, `configs.data_files`).
     """
-    prov = manifest["provenance"]
-    files = manifest["files"]
-    front = {
+    c, h, w = manifest["image_shape"]
+    lines = [
+        "---",
+        yaml.safe_dump(front_matter(manifest), sort_keys=False).rstrip(),
+        "---",
+        "",
+        "# Synthetic images from a VAE",
+        "",
+        f"{manifest['rows']} PNG images ({w}x{h}, {c} channel(s)) decoded from latents of dimension "
+        f"{manifest['latent_dim']}, in {len(manifest['files'])} Parquet file(s) under `{DATA_DIR}/`.",
+        "",
+        *preview_section(manifest.get("preview")),
+        *rows_section(manifest["per_method"], manifest.get("per_class") or {}),
+        *usefulness_section(manifest.get("usefulness") or {}, manifest.get("curation") or {}),
+        *_COLUMNS_SECTION,
+        *provenance_section(manifest),
+    ]
+    return "\n".join(lines)
+
+
+def front_matter(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The card's YAML front matter: name, tags, `dataset_info` (features, split) and `configs`."""
+    return {
         "pretty_name": f"vaeaug synthetic images ({manifest['rows']} rows)",
         "tags": ["synthetic", "vae", "image"],
         "dataset_info": {
@@ -51,48 +73,48 @@ def dataset_card(manifest: dict[str, Any]) -> str:
                 {
                     "name": "train",
                     "num_examples": manifest["rows"],
-                    "num_bytes": sum(f["bytes"] for f in files),
+                    "num_bytes": sum(f["bytes"] for f in manifest["files"]),
                 }
             ],
         },
-        "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": "data/*.parquet"}]}],
+        "configs": [
+            {"config_name": "default", "data_files": [{"split": "train", "path": f"{DATA_DIR}/*.parquet"}]}
+        ],
     }
-    c, h, w = manifest["image_shape"]
+
+
+def rows_section(per_method: dict[str, int], per_class: dict[str, int]) -> list[str]:
+    """Card lines: rows per method, then per class (conditional datasets)."""
     lines = [
-        "---",
-        yaml.safe_dump(front, sort_keys=False).rstrip(),
-        "---",
-        "",
-        "# Synthetic images from a VAE",
-        "",
-        f"{manifest['rows']} PNG images ({w}x{h}, {c} channel(s)) decoded from latents of dimension "
-        f"{manifest['latent_dim']}, in {len(files)} Parquet file(s) under `data/`.",
-        "",
-        *preview_section(manifest.get("preview")),
         "## Rows",
         "",
         "| method | rows |",
         "|---|---|",
-        *[f"| {m} | {n} |" for m, n in manifest["per_method"].items()],
+        *[f"| {m} | {n} |" for m, n in per_method.items()],
         "",
     ]
-    if manifest.get("per_class"):
-        lines += [
-            "| class | rows |",
-            "|---|---|",
-            *[f"| {k} | {v} |" for k, v in manifest["per_class"].items()],
-        ]
-        lines.append("")
-    lines += usefulness_section(manifest.get("usefulness") or {}, manifest.get("curation") or {})
-    lines += [
-        "## Columns",
-        "",
-        "- `image`: PNG (`struct<bytes, path>`, the `datasets` Image feature)",
-        "- `latent`: the z that was decoded (`fixed_size_list<float32>`)",
-        "- `label`: class index (null for an unconditional model); names in the features",
-        "- `sample_id`: unique and deterministic; `method`: prior, class, variant or interpolation",
-        "- `source_id` / `target_id`: the real image(s) a variant or interpolation comes from",
-        "",
+    if per_class:
+        lines += ["| class | rows |", "|---|---|", *[f"| {k} | {v} |" for k, v in per_class.items()], ""]
+    return lines
+
+
+#: Card lines describing the columns (`pipelines.dataset_format.COLUMNS`).
+_COLUMNS_SECTION = (
+    "## Columns",
+    "",
+    "- `image`: PNG (`struct<bytes, path>`, the `datasets` Image feature)",
+    "- `latent`: the z that was decoded (`fixed_size_list<float32>`)",
+    "- `label`: class index (null for an unconditional model); names in the features",
+    "- `sample_id`: unique and deterministic; `method`: prior, class, variant or interpolation",
+    "- `source_id` / `target_id`: the real image(s) a variant or interpolation comes from",
+    "",
+)
+
+
+def provenance_section(manifest: dict[str, Any]) -> list[str]:
+    """Card lines: the model, seed, versions and time, and how to load the dataset."""
+    prov = manifest["provenance"]
+    return [
         "## Provenance",
         "",
         f"- model weights sha256: `{prov['model_sha256']}`",
@@ -100,15 +122,15 @@ def dataset_card(manifest: dict[str, Any]) -> str:
         f"- vaeaug {prov['vaeaug_version']}, torch {prov['torch_version']}",
         f"- created: {manifest['created_at']}",
         "",
-        "`manifest.json` lists every file with its row count and sha256; `_SUCCESS` marks the dataset",
+        f"`{MANIFEST}` lists every file with its row count and sha256; `{MARKER}` marks the dataset",
         "as complete. Load it with",
         "",
         "```python",
-        'datasets.load_dataset("parquet", data_files="<this directory>/data/*.parquet", split="train")',
+        'datasets.load_dataset("parquet", '
+        f'data_files="<this directory>/{DATA_DIR}/*.parquet", split="train")',
         "```",
         "",
     ]
-    return "\n".join(lines)
 
 
 def preview_section(preview: str | dict[str, Any] | None) -> list[str]:
@@ -151,7 +173,7 @@ def usefulness_section(report: dict[str, Any], curation: dict[str, Any]) -> list
             "|---|---|",
             *[f"| {c} | {100 * mean[c]:.1f} ± {100 * spread[c]:.1f}% |" for c in mean],
             "",
-            "![synthetic images per class beside real held-out ones](usefulness.png)",
+            f"![synthetic images per class beside real held-out ones]({PICTURE})",
             "",
         ]
     if curation:
@@ -170,4 +192,12 @@ def usefulness_section(report: dict[str, Any], curation: dict[str, Any]) -> list
     return lines
 
 
-__all__ = ["dataset_card", "features_yaml", "preview_section", "usefulness_section"]
+__all__ = [
+    "dataset_card",
+    "features_yaml",
+    "front_matter",
+    "preview_section",
+    "provenance_section",
+    "rows_section",
+    "usefulness_section",
+]

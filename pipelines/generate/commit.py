@@ -1,23 +1,11 @@
 """Output checks and the commit protocol of a synthetic dataset.
 
-Layout of a dataset directory (local path or any fsspec URL):
+The layout being written (shards, card, manifest, `_SUCCESS`; versions `v1/ v2/ ...` beside a
+`_LATEST` pointer) is `pipelines.dataset_format`'s.
 
-    data/part-00000-of-00012.parquet ...   shards, deterministic names
-    preview.png                            a grid of the first rows of each class
-    README.md                              dataset card (Hugging Face front matter)
-    manifest.json                          files, row counts, per-class counts, schema, provenance
-    _SUCCESS                               written last: the dataset is complete
-
-A directory without `_SUCCESS` is uncommitted and readers refuse it.
-
-With `if_exists="new_version"` or `"overwrite"` the configured output is a directory of versions,
-each a complete dataset as above, beside a pointer to the committed one readers get:
-
-    v1/ v2/ v3/                            complete datasets, never changed once committed
-    _LATEST                                {"version": "v3", "rows": ..., "manifest_sha256": ...}
-
-"overwrite" deletes the versions (or the unversioned dataset's files) it replaces only after
-`_LATEST` names its own: a job killed at any point leaves the old dataset whole and readable.
+With `if_exists="new_version"` or `"overwrite"` the job writes the next version `vN/`; "overwrite"
+deletes the versions (or the unversioned dataset's files) it replaces only after `_LATEST` names its
+own: a job killed at any point leaves the old dataset whole and readable.
 
 Exactly once, on local disk and on object stores without rename (see `conditional` and `lease`):
 
@@ -29,7 +17,6 @@ Exactly once, on local disk and on object stores without rename (see `conditiona
    with a conditional write: an unversioned dataset's `_SUCCESS` only if absent; a version's
    `_LATEST` only if it is still what this job found (compare-and-swap). Of two jobs, one commits.
 
-`_LATEST` and `_LEASE` start with "_" so Parquet dataset discovery skips them, like `_SUCCESS`.
 A version directory left without `_SUCCESS` by a dead job is removed by the next job on the output,
 and its number is never reused.
 """
@@ -39,49 +26,40 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import fsspec
 from fsspec import AbstractFileSystem
 
+from pipelines.dataset_format import (
+    CARD,
+    DATA_DIR,
+    LATEST,
+    LEASE,
+    MANIFEST,
+    MARKER,
+    OWN_ENTRIES,
+    LatestPointer,
+    is_committed,
+    list_entries,
+    version_name,
+    version_number,
+)
 from pipelines.errors import StorageError
 from pipelines.generate.conditional import read_tagged, write_if
-from pipelines.generate.lease import LEASE, Lease, busy_error, current_holder
-from pipelines.generate.shard import DATA_DIR, ShardStats
-from pipelines.redaction import redact_url  # re-exported: the one redaction policy lives there
+from pipelines.generate.lease import Lease, busy_error, current_holder
+from pipelines.storage import TMP_PREFIX, basename, first_line, join, open_url, probe_writable, redact_url
+
+if TYPE_CHECKING:  # the shards' module imports torch: a check of the output must not
+    from pipelines.generate.shard import ShardStats
 
 log = logging.getLogger(__name__)
 
-MARKER = "_SUCCESS"
-MANIFEST = "manifest.json"
-CARD = "README.md"
-#: Per class: synthetic images beside real held-out ones, with the usefulness report's label fidelity.
-PICTURE = "usefulness.png"
-#: The first rows of each class as a grid (every dataset; see `pipelines.generate.preview`).
-PREVIEW = "preview.png"
-#: Entries of a dataset directory that belong to us (anything else there is the user's).
-OWN_ENTRIES = (MARKER, MANIFEST, CARD, PICTURE, PREVIEW, DATA_DIR)
-#: In a directory of versions (`if_exists="new_version"`): JSON naming the newest committed version.
-LATEST = "_LATEST"
-_VERSION = re.compile(r"^v([1-9]\d*)$")
-_TMP_PREFIX = ".vaeaug-"  # write probes and pointers being written (never part of a dataset)
-_PROBE_PREFIX = _TMP_PREFIX + "write-probe-"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def join(base: str, name: str) -> str:
-    """`base/name` for paths and URLs alike."""
-    return base.rstrip("/") + "/" + name
+#: The fix named when the output cannot be written.
+_PROBE_FIX = "check the path, permissions and credentials, or choose another generate.output"
 
 
 @dataclass
@@ -122,112 +100,12 @@ class OutputTarget:
         self.base_root = self.base_root or self.root
 
 
-@dataclass(frozen=True)
-class LatestPointer:
-    """The content of `_LATEST`: the newest committed version of a directory of versions.
-
-    Args:
-        version: the version directory's name ("v3"), relative to the pointer's directory.
-        rows: rows of that version.
-        manifest_sha256: sha256 of its manifest.json (as in its `_SUCCESS` marker).
-        committed_at: when the pointer was moved there (UTC, ISO 8601).
-    """
-
-    version: str
-    rows: int
-    manifest_sha256: str
-    committed_at: str = ""
-
-    def to_json(self) -> bytes:
-        """The pointer file's bytes."""
-        return json.dumps(
-            {
-                "version": self.version,
-                "rows": self.rows,
-                "manifest_sha256": self.manifest_sha256,
-                "committed_at": self.committed_at,
-            }
-        ).encode()
-
-    @classmethod
-    def from_json(cls, blob: bytes) -> LatestPointer:
-        """Parse a pointer file.
-
-        Raises:
-            ValueError: not JSON, or no valid version name (only `vN` is accepted: never a path).
-        """
-        data = json.loads(blob)
-        version = data.get("version") if isinstance(data, dict) else None
-        if not isinstance(version, str) or version_number(version) is None:
-            raise ValueError(f"no valid version in {blob[:80]!r}")
-        return cls(version, int(data.get("rows") or 0), str(data.get("manifest_sha256") or ""),
-                   str(data.get("committed_at") or ""))  # fmt: skip
-
-
-def version_number(name: str) -> int | None:
-    """N of a version directory's name "vN" (N >= 1), else None."""
-    m = _VERSION.match(name)
-    return int(m.group(1)) if m else None
-
-
-def list_versions(fs: AbstractFileSystem, root: str) -> list[str]:
-    """The version directories ("v1", "v2", ...) directly under `root`, in number order (committed
-    or not)."""
-    names = [n for n in _names(fs, root) if version_number(n) is not None]
-    return sorted(names, key=lambda n: version_number(n) or 0)
-
-
-def read_latest(fs: AbstractFileSystem, root: str) -> LatestPointer | None:
-    """The `_LATEST` pointer under `root`, or None when there is none.
-
-    Raises:
-        ValueError: the pointer exists but cannot be parsed.
-    """
-    path = join(root, LATEST)
-    try:
-        blob = fs.cat_file(path)
-    except FileNotFoundError:
-        return None
-    return LatestPointer.from_json(blob)
-
-
 def open_fs(url: str, storage_options: dict[str, Any] | None = None) -> tuple[AbstractFileSystem, str]:
     """Resolve an output URL to (filesystem, path in its notation), as a `StorageError` on failure."""
     try:
-        fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
+        return open_url(url, storage_options)
     except (ImportError, ValueError, TypeError) as exc:
-        raise StorageError(f"cannot open generate.output {redact_url(url)!r}: {_first_line(exc)}") from None
-    return fs, root.rstrip("/") or root
-
-
-def _names(fs: AbstractFileSystem, root: str) -> list[str]:
-    try:
-        fs.invalidate_cache(root)
-        if not fs.isdir(root):
-            return []
-        return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False))
-    except FileNotFoundError:
-        return []
-
-
-def is_committed(fs: AbstractFileSystem, root: str) -> bool:
-    """Whether `root` holds a committed dataset (its `_SUCCESS` marker exists)."""
-    fs.invalidate_cache(root)
-    return fs.exists(join(root, MARKER))
-
-
-def _probe(fs: AbstractFileSystem, root: str, url: str) -> None:
-    probe = join(root, f"{_PROBE_PREFIX}{uuid.uuid4().hex}")
-    try:
-        fs.makedirs(root, exist_ok=True)
-        fs.pipe_file(probe, b"ok")
-        fs.rm(probe)
-    except Exception as exc:  # any backend: PermissionError, botocore errors, NotADirectoryError...
-        raise StorageError(
-            f"cannot write to generate.output {redact_url(url)!r} "
-            f"({type(exc).__name__}: {_first_line(exc)}): check the path, permissions and credentials, "
-            "or choose another generate.output"
-        ) from None
+        raise StorageError(f"cannot open generate.output {redact_url(url)!r}: {first_line(exc)}") from None
 
 
 def _check_foreign(url: str, names: list[str]) -> None:
@@ -237,7 +115,7 @@ def _check_foreign(url: str, names: list[str]) -> None:
         if n not in OWN_ENTRIES
         and n not in (LATEST, LEASE)
         and version_number(n) is None
-        and not n.startswith(_TMP_PREFIX)
+        and not n.startswith(TMP_PREFIX)
     ]
     if foreign:
         raise StorageError(
@@ -267,16 +145,16 @@ class _Found:
         return self.root_committed or self.latest is not None
 
     def next_version(self) -> str:
-        return f"v{max([0, *(version_number(n) or 0 for n in self.names)]) + 1}"
+        return version_name(max([0, *(version_number(n) or 0 for n in self.names)]) + 1)
 
 
 def _look(fs: AbstractFileSystem, root: str, url: str) -> _Found:
     try:
-        names = _names(fs, root)
+        names = list_entries(fs, root)
         blob, tag = read_tagged(fs, join(root, LATEST))
     except Exception as exc:
         raise StorageError(
-            f"cannot read generate.output {redact_url(url)!r} ({type(exc).__name__}: {_first_line(exc)}): "
+            f"cannot read generate.output {redact_url(url)!r} ({type(exc).__name__}: {first_line(exc)}): "
             "check the path and credentials"
         ) from None
     try:
@@ -345,7 +223,7 @@ def resolve_output(
     _refuse(url, if_exists, found)
     _check_foreign(url, found.names)
     if if_exists == "error":  # one dataset at the root; only an uncommitted leftover can be there
-        _probe(fs, root, url)
+        probe_writable(url, "generate.output", storage_options, _PROBE_FIX)
         return OutputTarget(url, fs, root, opts, remove=[n for n in OWN_ENTRIES if n in found.names])
     version = found.next_version()
     pointed = found.latest.version if found.latest is not None else None
@@ -357,7 +235,7 @@ def resolve_output(
         replace += [n for n in OWN_ENTRIES if n in found.names] if found.root_committed else []
     # Probe the output, not vN/: a check must not create (and so use up) the version's folder;
     # `prepare_output` creates it when the job really writes.
-    _probe(fs, root, url)
+    probe_writable(url, "generate.output", storage_options, _PROBE_FIX)
     return OutputTarget(join(url, version), fs, join(root, version), opts, remove, url, root, version,
                         replace, found.latest_tag, lease)  # fmt: skip
 
@@ -372,7 +250,7 @@ def _remove(target: OutputTarget, names: list[str], why: str) -> None:
             continue
         except Exception as exc:
             raise StorageError(
-                f"cannot remove the {why} {name!r} in {redact_url(target.base_url)!r}: {_first_line(exc)}"
+                f"cannot remove the {why} {name!r} in {redact_url(target.base_url)!r}: {first_line(exc)}"
             ) from None
     target.fs.invalidate_cache(target.base_root)
 
@@ -389,7 +267,7 @@ def prepare_output(target: OutputTarget) -> None:
         try:
             target.fs.makedirs(target.root, exist_ok=True)
         except Exception as exc:
-            raise StorageError(f"cannot create {redact_url(target.url)!r}: {_first_line(exc)}") from None
+            raise StorageError(f"cannot create {redact_url(target.url)!r}: {first_line(exc)}") from None
     target.fs.invalidate_cache(target.base_root)
 
 
@@ -425,9 +303,9 @@ def verify_files(target: OutputTarget, stats: list[ShardStats]) -> None:
         listing = target.fs.ls(data_dir, detail=True)
     except FileNotFoundError:
         listing = []
-    sizes = {e["name"].rstrip("/").rsplit("/", 1)[-1]: int(e.get("size") or 0) for e in listing}
+    sizes = {basename(e["name"]): int(e.get("size") or 0) for e in listing}
     for s in stats:
-        name = s.path.rsplit("/", 1)[-1]
+        name = basename(s.path)
         if name not in sizes:
             raise StorageError(
                 f"shard {s.path} is missing from {redact_url(target.url)!r}: nothing committed"
@@ -454,7 +332,7 @@ def commit(target: OutputTarget, manifest: dict[str, Any], card: str) -> str:
 
     Args:
         target: the output (from `writing`, or `resolve_output` + `prepare_output`).
-        manifest: JSON-ready manifest (see `pipelines.generate.job`).
+        manifest: JSON-ready manifest (see `pipelines.generate.driver` and `pipelines.dataset_format`).
         card: README.md text.
 
     Returns:
@@ -481,7 +359,7 @@ def commit(target: OutputTarget, manifest: dict[str, Any], card: str) -> str:
     except StorageError:
         raise
     except Exception as exc:
-        raise StorageError(f"cannot commit {redact_url(target.url)!r}: {_first_line(exc)}") from None
+        raise StorageError(f"cannot commit {redact_url(target.url)!r}: {first_line(exc)}") from None
     if target.version is not None:
         committed_at = datetime.now(UTC).isoformat(timespec="seconds")
         point_latest(
@@ -517,7 +395,7 @@ def point_latest(target: OutputTarget, pointer: LatestPointer) -> None:
     except Exception as exc:
         raise StorageError(
             f"{redact_url(target.url)!r} is committed but {LATEST} in {redact_url(target.base_url)!r} could "
-            f"not be moved to it ({_first_line(exc)}): open the version directly, or re-run"
+            f"not be moved to it ({first_line(exc)}): open the version directly, or re-run"
         ) from None
     if not moved:
         raise StorageError(
@@ -533,26 +411,12 @@ def _sha256(data: bytes) -> str:
 
 
 __all__ = [
-    "CARD",
-    "LATEST",
-    "MANIFEST",
-    "MARKER",
-    "OWN_ENTRIES",
-    "PICTURE",
-    "PREVIEW",
-    "LatestPointer",
     "OutputTarget",
     "commit",
-    "is_committed",
-    "join",
-    "list_versions",
     "open_fs",
     "point_latest",
     "prepare_output",
-    "read_latest",
-    "redact_url",
     "resolve_output",
     "verify_files",
-    "version_number",
     "writing",
 ]

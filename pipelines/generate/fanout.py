@@ -10,16 +10,17 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
-from pipelines.config import PipelineConfig
+from pipelines.config import GenerateConfig
 from pipelines.errors import PipelineError, StorageError
 from pipelines.generate.actors import ShardWriter
 from pipelines.generate.commit import OutputTarget
-from pipelines.generate.plan import JobPlan
-from pipelines.generate.shard import JobSpec, ShardStats
+from pipelines.generate.plan import GenerationPlan, SourceImages
+from pipelines.generate.shard import SamplingSpec, ShardStats
 
 if TYPE_CHECKING:
     from pipelines.raycluster import ClusterInfo
@@ -32,7 +33,7 @@ MAX_ATTEMPTS = 3
 IN_FLIGHT_PER_ACTOR = 2
 
 
-def run_local(plan: JobPlan, writer: ShardWriter, bar: tqdm) -> list[ShardStats]:
+def run_local(plan: GenerationPlan, writer: ShardWriter, bar: tqdm) -> list[ShardStats]:
     """Write every shard in this process, in order (the baseline; same bytes as on Ray)."""
     stats = []
     for spec in plan.shards:
@@ -42,55 +43,77 @@ def run_local(plan: JobPlan, writer: ShardWriter, bar: tqdm) -> list[ShardStats]
     return stats
 
 
-def actor_count(cfg: PipelineConfig, num_cpus: float, num_gpus: float, num_shards: int) -> int:
+def actor_count(gen: GenerateConfig, num_cpus: float, num_gpus: float, num_shards: int) -> int:
     """`generate.num_actors`, or one per GPU / per `cpus_per_actor` CPUs; never more than shards."""
-    g = cfg.generate
-    auto = int(num_gpus) if num_gpus >= 1 else int(num_cpus // g.cpus_per_actor)
-    return max(1, min(g.num_actors or max(1, auto), num_shards))
+    auto = int(num_gpus) if num_gpus >= 1 else int(num_cpus // gen.cpus_per_actor)
+    return max(1, min(gen.num_actors or max(1, auto), num_shards))
 
 
-def run_on_ray(
-    cfg: PipelineConfig,
-    info: ClusterInfo,
-    plan: JobPlan,
-    job: JobSpec,
-    target: OutputTarget,
-    model_dir: str,
-    model_opts: dict[str, Any],
-    sources: Any,
-    bar: tqdm,
-) -> tuple[list[ShardStats], int, float]:
-    """Write every shard with a pool of Ray actors (bounded in-flight work, retries).
+@dataclass
+class RayFanout:
+    """What `run_on_ray` needs: the work, the cluster, and what each writer actor is started with.
 
     Args:
-        cfg: the pipeline config (`generate.num_actors`, `cpus_per_actor`).
-        info: the connected cluster's resources.
+        gen: the `generate` settings (`num_actors`, `cpus_per_actor`).
+        cluster: the connected cluster's resources.
         plan: the shards.
-        job: the shared settings every actor gets.
+        sampling: the shared settings every actor gets.
         target: the output.
         model_dir: where actors load the model from.
         model_opts: fsspec options for `model_dir`.
-        sources: the real images, or None.
-        bar: progress bar (reset once the actors are up).
+        sources: the real images (variants, interpolations), or None.
+    """
 
-    Returns:
-        (stats in shard order, actors used, seconds spent connecting and starting the actors).
+    gen: GenerateConfig
+    cluster: ClusterInfo
+    plan: GenerationPlan
+    sampling: SamplingSpec
+    target: OutputTarget
+    model_dir: str
+    model_opts: dict[str, Any] = field(repr=False)
+    sources: SourceImages | None = field(default=None, repr=False)
+
+
+@dataclass
+class _Pool:
+    """The started writer actors, and how to start a replacement."""
+
+    actors: list[Any]
+    actor_class: Any  # the Ray actor class, resources set
+    args: tuple[Any, ...]  # its constructor's arguments
+    generation: list[int]  # per slot: bumped when a dead actor is replaced
+
+
+def _start_pool(fanout: RayFanout) -> _Pool:
+    """Start the writer actors (fractional resources never exceed the cluster, so asking for more
+    actors than CPUs/GPUs cannot hang) and wait until each has loaded the model.
+
+    Raises:
+        PipelineError: an actor failed to start (its cause's last 500 characters).
     """
     import ray
-    from ray.exceptions import RayActorError, RayTaskError
+    from ray.exceptions import RayActorError
 
-    from pipelines.generate.actors import remote_writer_class
+    from pipelines.generate import actors as writer_actors  # looked up at call time (tests replace it)
 
-    t_start = time.perf_counter()
-    g = cfg.generate
-    n = actor_count(cfg, info.num_cpus, info.num_gpus, len(plan.shards))
+    g, info = fanout.gen, fanout.cluster
+    n = actor_count(g, info.num_cpus, info.num_gpus, len(fanout.plan.shards))
     use_gpu = info.num_gpus >= 1
-    # Fractional requests never exceed the cluster, so asking for more actors than CPUs/GPUs cannot hang.
     cpus = min(float(g.cpus_per_actor), max(info.num_cpus, 1.0) / n)
     gpus = min(1.0, info.num_gpus / n) if use_gpu else 0.0
-    sources_ref = ray.put(sources) if sources is not None else None
-    cls = remote_writer_class().options(num_cpus=cpus, num_gpus=gpus, scheduling_strategy="SPREAD")
-    args = (model_dir, model_opts, job, target.url, target.storage_options, sources_ref)
+    sources_ref = ray.put(fanout.sources) if fanout.sources is not None else None
+    cls = writer_actors.remote_writer_class().options(
+        num_cpus=cpus, num_gpus=gpus, scheduling_strategy="SPREAD"
+    )
+    target = fanout.target
+    args = (
+        fanout.model_dir,
+        fanout.model_opts,
+        fanout.sampling,
+        target.url,
+        target.storage_options,
+        sources_ref,
+    )
     args += (g.cpus_per_actor, use_gpu)
     actors = [cls.remote(*args) for _ in range(n)]
     try:
@@ -100,10 +123,49 @@ def run_on_ray(
             ray.kill(actor)
         cause = getattr(exc, "cause", None) or exc
         raise PipelineError(f"the writer actors failed to start: {str(cause).strip()[-500:]}") from None
+    return _Pool(actors, cls, args, [0] * n)
+
+
+def run_on_ray(fanout: RayFanout, bar: tqdm) -> tuple[list[ShardStats], int, float]:
+    """Write every shard with a pool of Ray actors (bounded in-flight work, retries).
+
+    Args:
+        fanout: the work, the cluster and the actors' start-up arguments.
+        bar: progress bar (reset once the actors are up).
+
+    Returns:
+        (stats in shard order, actors used, seconds spent connecting and starting the actors).
+
+    Raises:
+        PipelineError: the actors failed to start, or a shard raised a user-facing error;
+            `StorageError`: a shard failed `MAX_ATTEMPTS` times. Nothing is committed then.
+    """
+    import ray
+
+    t_start = time.perf_counter()
+    pool = _start_pool(fanout)
     startup = time.perf_counter() - t_start
     bar.reset()  # rates count from here (actor start-up is reported separately)
-    generation = [0] * n  # bumped when a dead actor is replaced
-    log.info("generating %d rows in %d shards with %d actor(s)", plan.total_rows, len(plan.shards), n)
+    plan = fanout.plan
+    log.info(
+        "generating %d rows in %d shards with %d actor(s)",
+        plan.total_rows,
+        len(plan.shards),
+        len(pool.actors),
+    )
+    try:
+        done = _drain(pool, plan, bar)
+    finally:
+        for actor in pool.actors:
+            ray.kill(actor)
+    return [done[i] for i in sorted(done)], len(pool.actors), startup
+
+
+def _drain(pool: _Pool, plan: GenerationPlan, bar: tqdm) -> dict[int, ShardStats]:
+    """Feed every shard to the actors, `IN_FLIGHT_PER_ACTOR` at a time each, retrying failures."""
+    import ray
+    from ray.exceptions import RayActorError, RayTaskError
+
     queue = deque((spec, 1) for spec in plan.shards)
     pending: dict[Any, tuple[int, int, Any, int]] = {}  # ref -> (slot, generation, spec, attempt)
     done: dict[int, ShardStats] = {}
@@ -111,40 +173,42 @@ def run_on_ray(
     def submit(slot: int) -> None:
         while queue and sum(1 for v in pending.values() if v[0] == slot) < IN_FLIGHT_PER_ACTOR:
             spec, attempt = queue.popleft()
-            pending[actors[slot].write.remote(spec)] = (slot, generation[slot], spec, attempt)
+            pending[pool.actors[slot].write.remote(spec)] = (slot, pool.generation[slot], spec, attempt)
 
-    try:
-        for slot in range(n):
-            submit(slot)
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            slot, gen, spec, attempt = pending.pop(ready[0])
-            try:
-                s = ray.get(ready[0])
-            except (RayTaskError, RayActorError) as exc:
-                cause = getattr(exc, "cause", None) or exc
-                if isinstance(cause, PipelineError):  # a user-facing problem: retrying will not help
-                    raise type(cause)(f"shard {spec.index}: {cause}; nothing committed") from None
-                if attempt >= MAX_ATTEMPTS:
-                    text = str(cause).strip()
-                    msg = text.splitlines()[-1] if text else type(cause).__name__
-                    raise StorageError(
-                        f"shard {spec.index} failed after {attempt} attempts: {msg}; nothing committed"
-                    ) from None
-                log.warning("shard %d failed (attempt %d), retrying", spec.index, attempt)
-                if isinstance(exc, RayActorError) and gen == generation[slot]:
-                    ray.kill(actors[slot])  # replace a dead worker once, whatever its queued tasks say
-                    actors[slot] = cls.remote(*args)
-                    generation[slot] += 1
-                queue.appendleft((spec, attempt + 1))
-            else:
-                done[s.index] = s
-                bar.update(s.rows)
-            submit(slot)
-    finally:
-        for actor in actors:
-            ray.kill(actor)
-    return [done[i] for i in sorted(done)], n, startup
+    for slot in range(len(pool.actors)):
+        submit(slot)
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        slot, gen, spec, attempt = pending.pop(ready[0])
+        try:
+            s = ray.get(ready[0])
+        except (RayTaskError, RayActorError) as exc:
+            _check_retry(exc, spec.index, attempt)
+            log.warning("shard %d failed (attempt %d), retrying", spec.index, attempt)
+            if isinstance(exc, RayActorError) and gen == pool.generation[slot]:
+                ray.kill(pool.actors[slot])  # replace a dead worker once, whatever its queued tasks say
+                pool.actors[slot] = pool.actor_class.remote(*pool.args)
+                pool.generation[slot] += 1
+            queue.appendleft((spec, attempt + 1))
+        else:
+            done[s.index] = s
+            bar.update(s.rows)
+        submit(slot)
+    return done
 
 
-__all__ = ["IN_FLIGHT_PER_ACTOR", "MAX_ATTEMPTS", "actor_count", "run_local", "run_on_ray"]
+def _check_retry(exc: BaseException, index: int, attempt: int) -> None:
+    """Raise when shard `index`'s failure must not be retried: a user-facing problem (retrying will
+    not help), or its last attempt."""
+    cause = getattr(exc, "cause", None) or exc
+    if isinstance(cause, PipelineError):
+        raise type(cause)(f"shard {index}: {cause}; nothing committed") from None
+    if attempt >= MAX_ATTEMPTS:
+        text = str(cause).strip()
+        msg = text.splitlines()[-1] if text else type(cause).__name__
+        raise StorageError(
+            f"shard {index} failed after {attempt} attempts: {msg}; nothing committed"
+        ) from None
+
+
+__all__ = ["IN_FLIGHT_PER_ACTOR", "MAX_ATTEMPTS", "RayFanout", "actor_count", "run_local", "run_on_ray"]

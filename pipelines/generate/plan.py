@@ -103,8 +103,8 @@ class SourceImages:
 
 
 @dataclass
-class JobPlan:
-    """Everything needed to produce and describe the dataset."""
+class GenerationPlan:
+    """The rows to generate, cut into shards: everything needed to produce and describe the dataset."""
 
     segments: list[Segment]
     shards: list[ShardSpec]
@@ -163,7 +163,8 @@ def _class_segments(gen: GenerateConfig, model_cfg: VAEConfig, class_names: list
     return [Segment("class", wanted[name], label=index[name]) for name in class_names if name in wanted]
 
 
-def _check_data(data: ImageSet | None, gen: GenerateConfig, model_cfg: VAEConfig) -> ImageSet:
+def _check_data(data: ImageSet | None, model_cfg: VAEConfig) -> ImageSet:
+    """`data`, checked against the model (variants and interpolations start from its images)."""
     if data is None:
         raise DataError(
             "generate.variants_per_image / generate.interpolations need real images: "
@@ -309,7 +310,7 @@ def make_plan(
     model_cfg: VAEConfig,
     class_names: list[str] | None = None,
     data: ImageSet | None = None,
-) -> JobPlan:
+) -> GenerationPlan:
     """Validate the request against the model and data, and cut it into shards.
 
     Args:
@@ -319,7 +320,7 @@ def make_plan(
         data: the real images, in the model's range; required for variants and interpolations.
 
     Returns:
-        The `JobPlan`; the same inputs always give the same plan.
+        The `GenerationPlan`; the same inputs always give the same plan.
 
     Raises:
         PipelineError: nothing to generate, or an unknown class name (the message lists the valid ones).
@@ -328,35 +329,17 @@ def make_plan(
         ConfigError: a job too large for the limits (see `check_size`).
     """
     names = class_names_for(model_cfg, class_names)
-    conditional = model_cfg.conditional
-    segments: list[Segment] = []
-    if gen.num_samples > 0:
-        segments.append(Segment("prior", gen.num_samples))
+    segments = [Segment("prior", gen.num_samples)] if gen.num_samples > 0 else []
     segments += _class_segments(gen, model_cfg, names)
     sources: list[int] = []
     pairs = np.zeros((0, 2), dtype=np.int64)
-    n_var = 0
     if needs_real_data(gen):
-        data = _check_data(data, gen, model_cfg)
-        if gen.variants_per_image > 0:
-            n_var = len(data) if gen.variant_limit is None else min(gen.variant_limit, len(data))
-            segments.append(Segment("variant", n_var * gen.variants_per_image))
-        interpolated = gen.interpolations * gen.interpolation_steps
-        # Before the pairs (interpolations x 2 integers) and the shards are allocated.
-        check_size(sum(s.rows for s in segments) + interpolated, gen, model_cfg)
-        if gen.interpolations > 0:
-            pairs = _choose_pairs(data, gen.interpolations, gen.seed, conditional)
-            segments.append(Segment("interpolation", gen.interpolations * gen.interpolation_steps))
-        # Positions 0..n_var-1 are the variant sources, then any other pair ends (sorted).
-        extra = np.setdiff1d(np.unique(pairs), np.arange(n_var)) if len(pairs) else np.zeros(0, np.int64)
-        sources = list(range(n_var)) + [int(i) for i in extra]
-        if len(pairs):
-            pairs = np.searchsorted(np.asarray(sources), pairs).astype(np.int64)  # -> positions in sources
+        sources, pairs = _real_segments(gen, model_cfg, _check_data(data, model_cfg), segments)
     total = sum(s.rows for s in segments)
     if total <= 0:
         raise PipelineError(_NOTHING)
     check_size(total, gen, model_cfg)
-    return JobPlan(
+    return GenerationPlan(
         segments=segments,
         shards=_cut(segments, gen.shard_size),
         total_rows=total,
@@ -369,7 +352,34 @@ def make_plan(
     )
 
 
-def source_images(plan: JobPlan, data: ImageSet) -> SourceImages:
+def _real_segments(
+    gen: GenerateConfig, model_cfg: VAEConfig, data: ImageSet, segments: list[Segment]
+) -> tuple[list[int], np.ndarray]:
+    """Append the variant and interpolation segments to `segments`.
+
+    Returns:
+        (the rows of `data` the shards read: the variant sources 0..n_var-1 first, then the other
+        pair ends, sorted; the interpolation pairs int64 (P, 2) as positions in those rows).
+    """
+    n_var = 0
+    if gen.variants_per_image > 0:
+        n_var = len(data) if gen.variant_limit is None else min(gen.variant_limit, len(data))
+        segments.append(Segment("variant", n_var * gen.variants_per_image))
+    interpolated = gen.interpolations * gen.interpolation_steps
+    # Before the pairs (interpolations x 2 integers) and the shards are allocated.
+    check_size(sum(s.rows for s in segments) + interpolated, gen, model_cfg)
+    pairs = np.zeros((0, 2), dtype=np.int64)
+    if gen.interpolations > 0:
+        pairs = _choose_pairs(data, gen.interpolations, gen.seed, model_cfg.conditional)
+        segments.append(Segment("interpolation", interpolated))
+    extra = np.setdiff1d(np.unique(pairs), np.arange(n_var)) if len(pairs) else np.zeros(0, np.int64)
+    sources = list(range(n_var)) + [int(i) for i in extra]
+    if len(pairs):
+        pairs = np.searchsorted(np.asarray(sources), pairs).astype(np.int64)  # -> positions in sources
+    return sources, pairs
+
+
+def source_images(plan: GenerationPlan, data: ImageSet) -> SourceImages:
     """The subset of `data` the shards read, with pairs re-indexed into it."""
     sub = data.subset(plan.source_indices)
     n_var = next((s.rows for s in plan.segments if s.method == "variant"), 0)
@@ -416,7 +426,7 @@ def resolve_seed(setting: int | str, run_time: datetime | None = None) -> tuple[
 __all__ = [
     "METHODS",
     "PER_RUN",
-    "JobPlan",
+    "GenerationPlan",
     "Piece",
     "Segment",
     "ShardSpec",

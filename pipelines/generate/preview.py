@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from fsspec import AbstractFileSystem
 
 from pipelines.data.decode import decode_png
-from pipelines.generate.commit import join
 from pipelines.generate.shard import ShardStats
+from pipelines.storage import join
 from pipelines.visualize import labelled_rows, png_bytes
 
 #: Images per row of the grid (and rows of an unconditional dataset's grid).

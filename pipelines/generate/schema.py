@@ -12,10 +12,10 @@ One row per image:
 | `source_id` | string (nullable)                    | the real image a variant / interpolation starts at |
 | `target_id` | string (nullable)                    | the real image an interpolation ends at           |
 
-The schema metadata holds `huggingface` (the `datasets` features, so `load_dataset("parquet")` gives
-PIL images, fixed-length latents and class names) and `vaeaug` (provenance). Provenance in the files
-has no timestamps or paths, so the same job always writes the same bytes; the creation time lives in
-the manifest.
+The columns are `pipelines.dataset_format.COLUMNS`. The schema metadata holds `huggingface` (the
+`datasets` features, so `load_dataset("parquet")` gives PIL images, fixed-length latents and class
+names) and `vaeaug` (provenance). Provenance in the files has no timestamps or paths, so the same job
+always writes the same bytes; the creation time lives in the manifest.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from typing import Any
 
 import pyarrow as pa
 
-#: Provenance key in the Parquet schema metadata.
-PROVENANCE_KEY = b"vaeaug"
+from pipelines.dataset_format import HF_KEY, PROVENANCE_KEY
+
 #: Uncompressed bytes aimed at per row group (Hugging Face aims at ~100 MB; smaller keeps the
 #: memory of streaming readers and of the writer's buffer low).
 ROW_GROUP_TARGET_BYTES = 64 * 1024 * 1024
@@ -95,7 +95,7 @@ def arrow_schema(latent_dim: int, class_names: list[str], provenance: dict[str, 
         pa.field("target_id", pa.string()),
     ]
     metadata = {
-        b"huggingface": json.dumps(hf, sort_keys=True).encode(),
+        HF_KEY: json.dumps(hf, sort_keys=True).encode(),
         PROVENANCE_KEY: json.dumps(provenance, sort_keys=True).encode(),
     }
     return pa.schema(fields, metadata=metadata)
@@ -117,19 +117,11 @@ def row_group_rows(image_shape: tuple[int, int, int], latent_dim: int, shard_siz
     return max(1, min(shard_size, ROW_GROUP_TARGET_BYTES // row_bytes))
 
 
-def read_provenance(schema: pa.Schema) -> dict[str, Any]:
-    """The provenance dict stored in a shard's schema metadata ({} if absent)."""
-    raw = (schema.metadata or {}).get(PROVENANCE_KEY)
-    return json.loads(raw) if raw else {}
-
-
 __all__ = [
     "COMPRESSION",
     "IMAGE_TYPE",
-    "PROVENANCE_KEY",
     "ROW_GROUP_TARGET_BYTES",
     "arrow_schema",
     "hf_features",
-    "read_provenance",
     "row_group_rows",
 ]

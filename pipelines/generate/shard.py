@@ -22,19 +22,19 @@ import pyarrow.parquet as pq
 import torch
 from fsspec import AbstractFileSystem
 
+from pipelines.dataset_format import DATA_DIR, shard_path
 from pipelines.generate.curation import CurationCounts, curated_latents
 from pipelines.generate.plan import Piece, ShardSpec, SourceImages
 from pipelines.generate.png import PNGEncoder
 from pipelines.generate.schema import COMPRESSION, IMAGE_TYPE
+from pipelines.storage import join
 from vae.model import VAE
 from vae.ranges import to_uint8
 
-DATA_DIR = "data"
-
 
 @dataclass
-class JobSpec:
-    """What every shard of a job shares (sent once to each actor).
+class SamplingSpec:
+    """How every shard of a generation samples and writes its rows (sent once to each actor).
 
     Args:
         job_id: short hash of the job's content; prefix of every `sample_id`.
@@ -89,12 +89,6 @@ class ShardStats:
     curation: CurationCounts | None = None  # per class: tried / accepted / fallback (curated jobs)
 
 
-def shard_path(index: int, num_shards: int) -> str:
-    """Deterministic file name of shard `index`, relative to the dataset directory."""
-    width = max(5, len(str(num_shards)))
-    return f"{DATA_DIR}/part-{index:0{width}d}-of-{num_shards:0{width}d}.parquet"
-
-
 def shard_generator(seed: int, index: int) -> torch.Generator:
     """CPU generator seeded from (seed, shard index) only."""
     state = np.random.SeedSequence([seed, index]).generate_state(2, dtype=np.uint32)
@@ -126,7 +120,9 @@ def _encode_mu(model: VAE, src: SourceImages, idx: torch.Tensor, batch: int) -> 
     return torch.cat(mus), torch.cat(logvars)
 
 
-def _sampled_rows(model: VAE, job: JobSpec, piece: Piece, gen: torch.Generator, curate: Curate | None):
+def _sampled_rows(
+    model: VAE, sampling: SamplingSpec, piece: Piece, gen: torch.Generator, curate: Curate | None
+):
     """(z (n, D), labels (n,) or None) of a "prior" or "class" piece."""
     n, d = piece.count, model.cfg.latent_dim
     k_classes = model.cfg.num_classes
@@ -134,15 +130,15 @@ def _sampled_rows(model: VAE, job: JobSpec, piece: Piece, gen: torch.Generator, 
     if k_classes is not None:
         rows = torch.arange(piece.offset, piece.offset + n)  # (n,) positions within the segment
         labels = rows % k_classes if piece.method == "prior" else torch.full((n,), int(piece.label or 0))
-    if curate is not None and labels is not None and job.curation_threshold is not None:
+    if curate is not None and labels is not None and sampling.curation_threshold is not None:
         z, counts = curated_latents(
-            model, curate.judge, labels, gen, job.temperature, job.curation_threshold,
-            job.batch_size, job.curation_max_rounds,
+            model, curate.judge, labels, gen, sampling.temperature, sampling.curation_threshold,
+            sampling.batch_size, sampling.curation_max_rounds,
         )  # fmt: skip
         curate.counts.update(counts)
         return z, labels
     eps = torch.randn((n, d), generator=gen)  # (n, D)
-    return model.draw_latents(eps, labels, job.temperature).float().cpu(), labels
+    return model.draw_latents(eps, labels, sampling.temperature).float().cpu(), labels
 
 
 @dataclass
@@ -155,7 +151,7 @@ class Curate:
 
 def _piece_rows(
     model: VAE,
-    job: JobSpec,
+    sampling: SamplingSpec,
     piece: Piece,
     gen: torch.Generator,
     src: SourceImages | None,
@@ -167,27 +163,27 @@ def _piece_rows(
     rows = torch.arange(piece.offset, piece.offset + n)  # (n,) positions within the segment
     none: list[str | None] = [None] * n
     if piece.method in ("prior", "class"):
-        z, labels = _sampled_rows(model, job, piece, gen, curate)
+        z, labels = _sampled_rows(model, sampling, piece, gen, curate)
         return z, labels, none, none
     assert src is not None, "variant/interpolation rows need the source images"
     if piece.method == "variant":
-        which = rows // job.variants_per_image  # (n,) source image of each row
+        which = rows // sampling.variants_per_image  # (n,) source image of each row
         uniq, inverse = torch.unique(which, return_inverse=True)
-        mu, logvar = _encode_mu(model, src, uniq, job.batch_size)  # (u, D) each
+        mu, logvar = _encode_mu(model, src, uniq, sampling.batch_size)  # (u, D) each
         eps = torch.randn((n, d), generator=gen)  # (n, D)
-        z = mu[inverse] + job.variant_temperature * torch.exp(0.5 * logvar[inverse]) * eps
+        z = mu[inverse] + sampling.variant_temperature * torch.exp(0.5 * logvar[inverse]) * eps
         ids: list[str | None] = [src.ids[i] for i in which.tolist()]
         labels = src.labels[which] if k_classes is not None else None
         return z, labels, ids, none
     # interpolation: row r is step r % steps of pair r // steps, on the line between posterior means
-    steps = job.interpolation_steps
+    steps = sampling.interpolation_steps
     pair = rows // steps  # (n,)
     t = (rows % steps).float().unsqueeze(1) / (steps - 1)  # (n, 1) in [0, 1]
     ends = torch.from_numpy(np.array(src.pairs, dtype=np.int64))[
         pair
     ]  # (n, 2) positions into the source images
     uniq, inverse = torch.unique(ends.reshape(-1), return_inverse=True)
-    mu, _ = _encode_mu(model, src, uniq, job.batch_size)  # (u, D)
+    mu, _ = _encode_mu(model, src, uniq, sampling.batch_size)  # (u, D)
     mu_ends = mu[inverse].reshape(n, 2, d)  # (n, 2, D)
     z = (1 - t) * mu_ends[:, 0] + t * mu_ends[:, 1]  # (n, D)
     labels = src.labels[ends[:, 0]] if k_classes is not None else None
@@ -198,24 +194,28 @@ def _piece_rows(
 
 @torch.inference_mode()
 def shard_rows(
-    model: VAE, job: JobSpec, spec: ShardSpec, sources: SourceImages | None, curate: Curate | None = None
+    model: VAE,
+    sampling: SamplingSpec,
+    spec: ShardSpec,
+    sources: SourceImages | None,
+    curate: Curate | None = None,
 ) -> ShardRows:
     """The latents, labels and provenance columns of every row of a shard (nothing decoded yet).
 
     Args:
         model: the VAE (eval mode, any device).
-        job: the job's shared settings.
+        sampling: the job's shared settings.
         spec: which rows.
         sources: the real images, for variant and interpolation rows.
-        curate: the judge (and counts) when `job.curation_threshold` is set.
+        curate: the judge (and counts) when `sampling.curation_threshold` is set.
 
     Returns:
         `ShardRows` with z (N, D) float32 on the CPU.
     """
-    gen = shard_generator(job.seed, spec.index)
+    gen = shard_generator(sampling.seed, spec.index)
     zs, labels, methods, sources_ids, target_ids = [], [], [], [], []
     for piece in spec.pieces:
-        z, y, a, b = _piece_rows(model, job, piece, gen, sources, curate)
+        z, y, a, b = _piece_rows(model, sampling, piece, gen, sources, curate)
         zs.append(z.float())
         labels.append(y)
         methods += [piece.method] * piece.count
@@ -250,9 +250,11 @@ class _HashingSink:
         self.closed = True
 
 
-def _table(job: JobSpec, rows: ShardRows, pngs: list[bytes], first_row: int, lo: int, hi: int) -> pa.Table:
+def _table(
+    sampling: SamplingSpec, rows: ShardRows, pngs: list[bytes], first_row: int, lo: int, hi: int
+) -> pa.Table:
     """Rows [lo, hi) of the shard as an Arrow table with the job's schema."""
-    ids = [f"{job.job_id}-{first_row + r:010d}" for r in range(lo, hi)]
+    ids = [f"{sampling.job_id}-{first_row + r:010d}" for r in range(lo, hi)]
     image = pa.StructArray.from_arrays(
         [pa.array(pngs, pa.binary()), pa.array([f"{i}.png" for i in ids], pa.string())],
         fields=list(IMAGE_TYPE),
@@ -272,13 +274,13 @@ def _table(job: JobSpec, rows: ShardRows, pngs: list[bytes], first_row: int, lo:
         pa.array(rows.source_ids[lo:hi], pa.string()),
         pa.array(rows.target_ids[lo:hi], pa.string()),
     ]
-    return pa.Table.from_arrays(cols, schema=job.schema)
+    return pa.Table.from_arrays(cols, schema=sampling.schema)
 
 
 @torch.inference_mode()
 def write_shard(
     model: VAE,
-    job: JobSpec,
+    sampling: SamplingSpec,
     spec: ShardSpec,
     sources: SourceImages | None,
     fs: AbstractFileSystem,
@@ -287,54 +289,34 @@ def write_shard(
 ) -> ShardStats:
     """Generate shard `spec` and write it to `<root>/data/part-XXXXX-of-YYYYY.parquet`.
 
-    Decodes in batches of `job.batch_size`, PNG-encodes, and writes a row group each time
-    `job.row_group_rows` rows are ready, so memory holds at most one row group of PNGs.
+    Decodes in batches of `sampling.batch_size`, PNG-encodes, and writes a row group each time
+    `sampling.row_group_rows` rows are ready, so memory holds at most one row group of PNGs.
 
     Args:
         model: the VAE in eval mode (CPU or GPU).
-        job: the job's shared settings and schema.
+        sampling: the job's shared settings and schema.
         spec: the shard.
         sources: the real images (variants / interpolations), or None.
         fs: the output filesystem.
         root: the dataset directory in `fs`'s notation.
-        judge: the real-trained classifier for a curated job (`job.curation_threshold` set).
+        judge: the real-trained classifier for a curated job (`sampling.curation_threshold` set).
 
     Returns:
         `ShardStats` (row count, size, sha256, label and method counts, curation counts).
     """
     t0, cpu0 = time.perf_counter(), time.process_time()
-    curate = Curate(judge) if (judge is not None and job.curation_threshold is not None) else None
-    rows = shard_rows(model, job, spec, sources, curate)
-    n = rows.z.shape[0]
-    c, h, w = model.cfg.image_shape
-    encoder = PNGEncoder(c, h, w, job.png_compression, job.png_backend)
-    rel = shard_path(spec.index, job.num_shards)
-    path = f"{root.rstrip('/')}/{rel}"
-    fs.makedirs(f"{root.rstrip('/')}/{DATA_DIR}", exist_ok=True)
-    pngs: list[bytes] = []
-    flushed = 0  # rows already written
-    groups = 0
-    with fs.open(path, "wb") as f:
+    curate = Curate(judge) if (judge is not None and sampling.curation_threshold is not None) else None
+    rows = shard_rows(model, sampling, spec, sources, curate)
+    rel = shard_path(spec.index, sampling.num_shards)
+    fs.makedirs(join(root, DATA_DIR), exist_ok=True)
+    with fs.open(join(root, rel), "wb") as f:
         sink = _HashingSink(f)
-        writer = pq.ParquetWriter(sink, job.schema, compression=COMPRESSION, write_statistics=["label"])
-        for lo in range(0, n, job.batch_size):
-            hi = min(n, lo + job.batch_size)
-            z = rows.z[lo:hi].to(model.device, model.fc_dtype)  # (b, D)
-            y = rows.labels[lo:hi].to(model.device) if rows.labels is not None else None
-            pixels = to_uint8(model.decode(z, y), model.cfg).cpu().numpy()  # (b, C, H, W) uint8
-            pngs += encoder.encode_batch(pixels)
-            while len(pngs) >= job.row_group_rows or (hi == n and pngs):
-                take = min(len(pngs), job.row_group_rows)
-                writer.write_table(_table(job, rows, pngs[:take], spec.start, flushed, flushed + take))
-                del pngs[:take]
-                flushed += take
-                groups += 1
-        writer.close()
+        groups = _write_row_groups(model, sampling, spec, rows, sink)
     counts = Counter(rows.labels.tolist()) if rows.labels is not None else Counter()
     return ShardStats(
         index=spec.index,
         path=rel,
-        rows=n,
+        rows=rows.z.shape[0],
         bytes=sink.size,
         sha256=sink.sha.hexdigest(),
         row_groups=groups,
@@ -348,13 +330,43 @@ def write_shard(
     )
 
 
+def _write_row_groups(
+    model: VAE, sampling: SamplingSpec, spec: ShardSpec, rows: ShardRows, sink: _HashingSink
+) -> int:
+    """Decode `rows` batch by batch into PNGs and write them to `sink` as Parquet row groups of
+    `sampling.row_group_rows` rows (the last one shorter); returns the number of row groups."""
+    n = rows.z.shape[0]
+    c, h, w = model.cfg.image_shape
+    encoder = PNGEncoder(c, h, w, sampling.png_compression, sampling.png_backend)
+    pngs: list[bytes] = []
+    flushed = 0  # rows already written
+    groups = 0
+    writer = pq.ParquetWriter(sink, sampling.schema, compression=COMPRESSION, write_statistics=["label"])
+    for lo in range(0, n, sampling.batch_size):
+        hi = min(n, lo + sampling.batch_size)
+        pngs += encoder.encode_batch(_decoded_pixels(model, rows, lo, hi))
+        while len(pngs) >= sampling.row_group_rows or (hi == n and pngs):
+            take = min(len(pngs), sampling.row_group_rows)
+            writer.write_table(_table(sampling, rows, pngs[:take], spec.start, flushed, flushed + take))
+            del pngs[:take]
+            flushed += take
+            groups += 1
+    writer.close()
+    return groups
+
+
+def _decoded_pixels(model: VAE, rows: ShardRows, lo: int, hi: int) -> np.ndarray:
+    """Rows [lo, hi) decoded on the model's device: uint8 (b, C, H, W) on the CPU."""
+    z = rows.z[lo:hi].to(model.device, model.fc_dtype)  # (b, D)
+    y = rows.labels[lo:hi].to(model.device) if rows.labels is not None else None
+    return to_uint8(model.decode(z, y), model.cfg).cpu().numpy()
+
+
 __all__ = [
-    "DATA_DIR",
-    "JobSpec",
+    "SamplingSpec",
     "ShardRows",
     "ShardStats",
     "shard_generator",
-    "shard_path",
     "shard_rows",
     "write_shard",
 ]

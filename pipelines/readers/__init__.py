@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipelines.readers.datasets import SyntheticDataset, SyntheticMapDataset, decode_image
+from pipelines.readers.datasets import SyntheticDataset, SyntheticMapDataset
 from pipelines.readers.manifest import SyntheticManifest, open_dataset
 from pipelines.readers.mix import MixedDataset, MixedIterableDataset, mix
 
@@ -43,7 +43,6 @@ __all__ = [
     "SyntheticDataset",
     "SyntheticManifest",
     "SyntheticMapDataset",
-    "decode_image",
     "mix",
     "open_dataset",
     "read_synthetic",

@@ -20,13 +20,11 @@ from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from pipelines.data.decode import decode_png
 from pipelines.readers.manifest import SyntheticManifest, open_dataset
+from pipelines.storage import join
 
 #: `(image, label)`, or `(image, label, latent)` with `return_latent=True` (types after the transforms).
 Item = tuple[Any, Any] | tuple[Any, Any, torch.Tensor]
 Transform = Callable[[Any], Any]
-
-#: PNG bytes -> float32 (C, H, W) in [0, 1] (the one decoder of stored images, shared with the writer side).
-decode_image = decode_png
 
 
 def _columns(table: pa.Table, latent_dim: int) -> tuple[list[bytes], np.ndarray, np.ndarray | None]:
@@ -66,7 +64,7 @@ class _Habits:
 
     def _item(self, png: bytes, label: int, latent: np.ndarray | None) -> Item:
         """Decode and transform one row into the item the reader yields."""
-        x: Any = decode_image(png)  # (C, H, W) float32 in [0, 1]
+        x: Any = decode_png(png)  # (C, H, W) float32 in [0, 1]: the one decoder of stored images
         if self.transform is not None:
             x = self.transform(x)
         y: Any = int(label)
@@ -116,7 +114,7 @@ def _group_rows_from_footers(manifest: SyntheticManifest) -> list[list[int]]:
     fs, root = manifest.filesystem()
     out = []
     for f in manifest.data["files"]:
-        with fs.open(f"{root}/{f['path']}", "rb") as handle:
+        with fs.open(join(root, f["path"]), "rb") as handle:
             meta = pq.ParquetFile(handle).metadata
         out.append([meta.row_group(g).num_rows for g in range(meta.num_row_groups)])
     return out
@@ -253,7 +251,7 @@ class SyntheticDataset(_Habits, IterableDataset):
 
     def __iter__(self) -> Iterator[Item]:
         fs, root = self._filesystem()
-        paths = [f"{root}/{f['path']}" for f in self.manifest.data["files"]]
+        paths = [join(root, f["path"]) for f in self.manifest.data["files"]]
         d, columns = self.manifest.latent_dim, self._columns()
         current: tuple[int, Any, pq.ParquetFile] | None = None
         try:
@@ -307,7 +305,7 @@ class SyntheticMapDataset(_Habits, Dataset):
         images: list[bytes] = []
         labels, latents = [np.zeros(0, np.int64)], [np.zeros((0, d), np.float32)]
         for f in self.manifest.data["files"]:
-            with fs.open(f"{root}/{f['path']}", "rb") as handle:
+            with fs.open(join(root, f["path"]), "rb") as handle:
                 table = pq.read_table(handle, columns=["image", "label", "latent"])
             i, y, z = _columns(table, d)
             images += i
@@ -329,4 +327,4 @@ class SyntheticMapDataset(_Habits, Dataset):
         return self._item(self.images[index], self.labels[index], self.latents[index])
 
 
-__all__ = ["Item", "SyntheticDataset", "SyntheticMapDataset", "decode_image"]
+__all__ = ["Item", "SyntheticDataset", "SyntheticMapDataset"]

@@ -9,11 +9,11 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import fsspec
 from fsspec import AbstractFileSystem
 
+from pipelines.dataset_format import LATEST, MANIFEST, MARKER, list_versions, read_latest
 from pipelines.errors import DataError
-from pipelines.generate.commit import LATEST, MANIFEST, MARKER, join, list_versions, read_latest, redact_url
+from pipelines.storage import basename, join, open_url, redact_url
 
 
 @dataclass
@@ -76,8 +76,7 @@ class SyntheticManifest:
 
     def filesystem(self) -> tuple[AbstractFileSystem, str]:
         """A filesystem for the dataset and its root in that filesystem's notation."""
-        fs, root = fsspec.core.url_to_fs(self.url, **self.storage_options)
-        return fs, root.rstrip("/") or root
+        return open_url(self.url, self.storage_options)
 
 
 Verify = Literal["size", "sha256", "none"]
@@ -111,8 +110,7 @@ def open_dataset(
     opts = dict(storage_options or {})
     shown = redact_url(path)
     try:
-        fs, root = fsspec.core.url_to_fs(path, **opts)
-        root = root.rstrip("/") or root
+        fs, root = open_url(path, opts)
         fs.invalidate_cache(root)
         # The pointer first: an "overwrite" of an unversioned dataset names its new version before
         # it deletes the old root files.
@@ -148,17 +146,7 @@ def verify_dataset_files(manifest: SyntheticManifest, verify: Verify = "size") -
     fs, root = manifest.filesystem()
     shown = redact_url(manifest.url)
     fix = "the dataset was changed or damaged after its commit; re-run the generation"
-    sizes: dict[str, int] = {}
-    for directory in sorted(
-        {f["path"].rsplit("/", 1)[0] for f in manifest.data["files"] if "/" in f["path"]}
-    ):
-        fs.invalidate_cache(join(root, directory))
-        try:
-            entries = fs.ls(join(root, directory), detail=True)
-        except (FileNotFoundError, NotADirectoryError):
-            entries = []
-        sizes.update({f"{directory}/{e['name'].rstrip('/').rsplit('/', 1)[-1]}": int(e.get("size") or 0)
-                      for e in entries})  # fmt: skip
+    sizes = listed_sizes(fs, root, [f["path"] for f in manifest.data["files"]])
     for f in manifest.data["files"]:
         rel, want = f["path"], int(f["bytes"])
         have = sizes.get(rel)
@@ -172,6 +160,23 @@ def verify_dataset_files(manifest: SyntheticManifest, verify: Verify = "size") -
             raise DataError(
                 f"{rel} of the synthetic dataset {shown!r} does not match its manifest's sha256: {fix}"
             )
+
+
+def listed_sizes(fs: AbstractFileSystem, root: str, rels: list[str]) -> dict[str, int]:
+    """Size of every file in the folders holding `rels` (paths relative to `root`), keyed by path
+    relative to `root`: one listing per folder, whatever the number of files."""
+    sizes: dict[str, int] = {}
+    for folder in sorted({rel.rsplit("/", 1)[0] if "/" in rel else "" for rel in rels}):
+        base = join(root, folder) if folder else root
+        fs.invalidate_cache(base)
+        try:
+            listed = fs.ls(base, detail=True)
+        except (FileNotFoundError, NotADirectoryError):
+            listed = []
+        for item in listed:
+            name = basename(str(item["name"]))
+            sizes[f"{folder}/{name}" if folder else name] = int(item.get("size") or 0)
+    return sizes
 
 
 def _follow_latest(fs: AbstractFileSystem, root: str, path: str, opts: dict[str, Any]) -> SyntheticManifest:
@@ -237,4 +242,4 @@ def _open_committed(fs: AbstractFileSystem, root: str, path: str, opts: dict[str
     return SyntheticManifest(url=path, storage_options=opts, data=data)
 
 
-__all__ = ["SyntheticManifest", "Verify", "open_dataset", "verify_dataset_files"]
+__all__ = ["SyntheticManifest", "Verify", "listed_sizes", "open_dataset", "verify_dataset_files"]

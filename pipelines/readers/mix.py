@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Iterator, Sized
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import numpy as np
 import torch
@@ -69,6 +69,7 @@ class MixedDataset(Dataset):
         real: Dataset,
         synthetic: Dataset,
         synthetic_fraction: float = 0.5,
+        *,
         seed: int = 0,
         size: int | None = None,
         return_source: bool = False,
@@ -112,8 +113,8 @@ class MixedIterableDataset(IterableDataset):
     """
 
     def __init__(
-        self, real: Any, synthetic: Any, synthetic_fraction: float = 0.5, return_source: bool = False
-    ):
+        self, real: Any, synthetic: Any, synthetic_fraction: float = 0.5, *, return_source: bool = False
+    ) -> None:
         super().__init__()
         _check_fraction(synthetic_fraction)
         self.real, self.synthetic, self.fraction = real, synthetic, synthetic_fraction
@@ -132,13 +133,16 @@ class MixedIterableDataset(IterableDataset):
             i += 1
 
 
+class MixOptions(TypedDict, total=False):
+    """The keyword options of `mix` (those of `MixedDataset`; an iterable mix takes `return_source`)."""
+
+    seed: int
+    size: int | None
+    return_source: bool
+
+
 def mix(
-    real: Any,
-    synthetic: Any,
-    synthetic_fraction: float = 0.5,
-    seed: int = 0,
-    size: int | None = None,
-    return_source: bool = False,
+    real: Any, synthetic: Any, synthetic_fraction: float = 0.5, **options: Unpack[MixOptions]
 ) -> MixedDataset | MixedIterableDataset:
     """Combine a real dataset with a synthetic one at a given ratio.
 
@@ -146,21 +150,28 @@ def mix(
         real: the real data, `(image, label, ...)` items.
         synthetic: the synthetic data (`SyntheticMapDataset` or `SyntheticDataset`).
         synthetic_fraction: share of synthetic items, in [0, 1].
-        seed: order and choice of items (map-style only).
-        size: total items (map-style only); see `MixedDataset`.
-        return_source: add an `is_synthetic` flag to each item.
+        **options: `seed` (order and choice of items; map-style only), `size` (total items;
+            map-style only, see `MixedDataset`), `return_source` (add an `is_synthetic` flag to
+            each item).
 
     Returns:
         A map-style `MixedDataset` when both inputs support `len()` and indexing, else a
         `MixedIterableDataset`.
+
+    Raises:
+        TypeError: an option that is not one of `MixOptions`.
     """
+    unknown = sorted(set(options) - set(MixOptions.__annotations__))
+    if unknown:
+        raise TypeError(f"mix() got unknown option(s) {unknown}: use {sorted(MixOptions.__annotations__)}")
     map_style = all(
         isinstance(d, Sized) and hasattr(d, "__getitem__") and not isinstance(d, IterableDataset)
         for d in (real, synthetic)
     )
     if map_style:
-        return MixedDataset(real, synthetic, synthetic_fraction, seed, size, return_source)
-    return MixedIterableDataset(real, synthetic, synthetic_fraction, return_source)
+        return MixedDataset(real, synthetic, synthetic_fraction, **options)
+    return_source = options.get("return_source", False)
+    return MixedIterableDataset(real, synthetic, synthetic_fraction, return_source=return_source)
 
 
-__all__ = ["MixedDataset", "MixedIterableDataset", "mix"]
+__all__ = ["MixOptions", "MixedDataset", "MixedIterableDataset", "mix"]

@@ -23,14 +23,11 @@ import pyarrow.fs as pafs
 import ray.data
 
 from pipelines.data.decode import decode_png
-from pipelines.data.filesystems import first_line
+from pipelines.dataset_format import COLUMNS
 from pipelines.errors import DataError
-from pipelines.generate.commit import redact_url
-from pipelines.generate.schema import arrow_schema
 from pipelines.readers.manifest import SyntheticManifest, open_dataset
+from pipelines.storage import first_line, join, redact_url
 
-#: The columns of a synthetic dataset, in file order.
-COLUMNS: tuple[str, ...] = tuple(arrow_schema(1, [], {}).names)
 #: Decoded bytes aimed at per decode batch when `decode_batch_size` is not given.
 _DECODE_BATCH_BYTES = 64 * 1024 * 1024
 #: read_parquet arguments that `read_synthetic` sets itself.
@@ -73,19 +70,14 @@ def read_synthetic(
         ValueError: an unknown or repeated column, `decode_batch_size` < 1, or `read_parquet_args`
             setting what this function sets (`paths`, `filesystem`).
     """
-    wanted = _check_columns(columns)
-    clash = sorted(set(read_parquet_args) & set(_RESERVED))
-    if clash:
-        raise ValueError(f"read_synthetic sets {', '.join(clash)} itself: leave it out of the arguments")
-    if decode_batch_size is not None and decode_batch_size < 1:
-        raise ValueError(f"decode_batch_size={decode_batch_size}: use a positive number of rows, or None")
+    wanted = _check_arguments(columns, decode_batch_size, read_parquet_args)
     manifest = source if isinstance(source, SyntheticManifest) else open_dataset(source, storage_options)
     if not manifest.data["files"]:
         raise DataError(f"the synthetic dataset {redact_url(manifest.url)!r} has no rows: nothing to read")
     paths, filesystem = _paths_and_filesystem(manifest)
     ds = ray.data.read_parquet(paths, filesystem=filesystem, **read_parquet_args).select_columns(wanted)
-    c, h, w = manifest.image_shape
     if decode_batch_size is None:
+        c, h, w = manifest.image_shape
         decode_batch_size = max(1, min(4096, _DECODE_BATCH_BYTES // (4 * c * h * w)))
     return ds.map_batches(
         decode_batch,
@@ -95,12 +87,23 @@ def read_synthetic(
     )
 
 
-def _check_columns(columns: Sequence[str]) -> list[str]:
-    """The requested columns as a list, each known and given once."""
+def _check_arguments(
+    columns: Sequence[str], decode_batch_size: int | None, read_parquet_args: dict[str, Any]
+) -> list[str]:
+    """The requested columns as a list (each known and given once), the other arguments checked.
+
+    Raises:
+        ValueError: see `read_synthetic`.
+    """
     wanted = [columns] if isinstance(columns, str) else list(columns)
     unknown = [c for c in wanted if c not in COLUMNS]
     if unknown or not wanted or len(set(wanted)) != len(wanted):
         raise ValueError(f"columns={wanted!r}: choose distinct names among {', '.join(COLUMNS)}")
+    clash = sorted(set(read_parquet_args) & set(_RESERVED))
+    if clash:
+        raise ValueError(f"read_synthetic sets {', '.join(clash)} itself: leave it out of the arguments")
+    if decode_batch_size is not None and decode_batch_size < 1:
+        raise ValueError(f"decode_batch_size={decode_batch_size}: use a positive number of rows, or None")
     return wanted
 
 
@@ -117,7 +120,7 @@ def _paths_and_filesystem(manifest: SyntheticManifest) -> tuple[list[str], Any]:
             f"the synthetic dataset {redact_url(manifest.url)!r} lives in this process's memory://, which "
             "Ray's worker processes cannot see: write it to a local path or object storage for Ray"
         )
-    paths = [f"{root}/{f['path']}" for f in manifest.data["files"]]
+    paths = [join(root, f["path"]) for f in manifest.data["files"]]
     if "file" in protocols or "local" in protocols:
         return paths, pafs.LocalFileSystem()
     return paths, fs

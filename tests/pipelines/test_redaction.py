@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
-from pipelines.config import config_from_dict, load_config, redact_secrets
+from pipelines.config import config_from_dict, load_config
 from pipelines.console import Console
 from pipelines.errors import DataError, StorageError
 from pipelines.redaction import (
@@ -74,7 +74,7 @@ def test_redact_config_replaces_secret_values_and_keeps_settings():
     assert redacted["data"]["path"] == "ftp://host/imgs"
     assert redacted["generate"] == tree["generate"]  # class names are not keys, counts not secrets
     assert tree["data"]["storage_options"]["key"] == key  # a copy: the input is left as it was
-    assert redact_secrets({"token": "x", "anon": True}) == {"token": REDACTED, "anon": True}
+    assert redact_config({"token": "x", "anon": True}) == {"token": REDACTED, "anon": True}
 
 
 def test_find_secrets_names_paths_never_values():
@@ -147,7 +147,7 @@ def test_refusal_is_one_line_naming_keys_and_the_fix():
         )
     message = str(err.value)
     assert "\n" not in message and key not in message and secret not in message
-    assert "config.data.storage_options.key, data.path" in message
+    assert "data.storage_options.key, data.path" in message
     assert "AWS_ACCESS_KEY_ID" in message and "never as flow parameters" in message
 
 
@@ -242,12 +242,13 @@ def test_flow_refuses_secret_parameters_before_prefect_stores_a_run(tmp_path):
         before = {r.id for r in client.read_flow_runs()}
     with pytest.raises(ConfigError) as info:
         augmentation_flow(
-            config={"output_dir": str(tmp_path / "never"), "data": {"storage_options": {"key": key}}},
+            output_dir=str(tmp_path / "never"),
+            data={"storage_options": {"key": key}},
             overrides=["train.epochs=1", f"data.storage_options.secret={secret}"],
         )
     error = str(info.value)
     assert "\n" not in error and "never as flow parameters" in error and secret not in error
-    assert "config.data.storage_options.key, data.storage_options.secret" in error
+    assert "data.storage_options.key, data.storage_options.secret" in error
     with get_client(sync_client=True) as client:
         runs = [r for r in client.read_flow_runs() if r.id not in before]
     assert runs == []  # no run, so no stored copy of the parameters
@@ -264,7 +265,7 @@ def test_a_run_created_with_secret_parameters_is_redacted_and_refused(tmp_path):
     from pipelines.flow import augmentation_flow
 
     _, secret = _planted()
-    params = {"config": {"output_dir": str(tmp_path / "never")},
+    params = {"output_dir": str(tmp_path / "never"),
               "overrides": ["train.epochs=1", f"data.storage_options.secret={secret}"]}  # fmt: skip
     with get_client(sync_client=True) as client:
         run = client.create_flow_run(augmentation_flow, parameters=params)  # as the API would store them

@@ -15,8 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines.generate import generate
-from pipelines.generate.commit import join
 from pipelines.readers import SyntheticManifest, open_dataset
+from pipelines.storage import join
 from tests.pipelines.generate.helpers import make_cfg
 from tests.pipelines.raykill import Killed, actors_of
 

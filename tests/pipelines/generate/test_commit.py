@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from pipelines.errors import DataError, ModelError, PipelineError, StorageError
-from pipelines.generate.commit import redact_url
 from pipelines.readers import open_dataset
+from pipelines.storage import redact_url
 from tests.pipelines.generate.helpers import run_local, snapshot
 
 
@@ -95,7 +95,10 @@ def test_directory_with_foreign_files_is_refused(tmp_path, cond_model):
 
 def test_unwritable_output_fails_before_any_work(tmp_path, cond_model):
     (tmp_path / "file").write_text("x")
-    with pytest.raises(StorageError, match="cannot write to generate.output"):
+    with pytest.raises(
+        StorageError,
+        match=r"^generate\.output .* is not writable .*check the path, permissions and credentials",
+    ):
         run_local(tmp_path / "file" / "ds", cond_model)
 
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import fsspec
 import pytest
 
+from pipelines.dataset_format import LATEST, LEASE
 from pipelines.errors import DataError, StorageError
-from pipelines.generate.commit import LATEST, open_fs
-from pipelines.generate.lease import LEASE
+from pipelines.generate.commit import open_fs
 from pipelines.readers import open_dataset
 from tests.pipelines.generate.helpers import run_local, snapshot
 

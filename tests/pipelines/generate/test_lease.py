@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from pipelines.dataset_format import LEASE
 from pipelines.errors import StorageError
 from pipelines.generate.commit import open_fs
 from pipelines.generate.conditional import read_tagged, write_if
-from pipelines.generate.lease import LEASE, LEASE_SECONDS, Lease, LeaseRecord
+from pipelines.generate.lease import LEASE_SECONDS, Lease, LeaseRecord
 
 ROOT = Path(__file__).resolve().parents[3]
 

@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from PIL import Image
 
-import pipelines.generate.job as job_module
+import pipelines.generate.driver as driver_module
 from pipelines.data.decode import decode_png
 from pipelines.generate import generate
 from pipelines.readers import open_dataset
@@ -69,7 +69,7 @@ def test_a_failed_preview_does_not_cost_the_dataset(tmp_path, cond_model, monkey
     def broken(*args, **kwargs):
         raise OSError("disk hiccup")
 
-    monkeypatch.setattr(job_module, "preview_png", broken)
+    monkeypatch.setattr(driver_module, "preview_png", broken)
     res = _run(tmp_path / "ds", cond_model, num_samples=20)
     assert res.preview_path is None and open_dataset(str(tmp_path / "ds")).rows == 20
     assert not (tmp_path / "ds" / "preview.png").exists()

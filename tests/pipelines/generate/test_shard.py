@@ -13,11 +13,12 @@ from PIL import Image
 from torchvision.io import decode_png
 
 from pipelines.config import GenerateConfig, PipelineConfig
+from pipelines.dataset_format import shard_path
 from pipelines.errors import PipelineError
-from pipelines.generate.job import _job_spec
+from pipelines.generate.driver import _sampling_spec
 from pipelines.generate.plan import make_plan, source_images
 from pipelines.generate.png import BACKENDS, PNGEncoder
-from pipelines.generate.shard import shard_generator, shard_path, shard_rows, write_shard
+from pipelines.generate.shard import shard_generator, shard_rows, write_shard
 from tests.pipelines.generate.helpers import MIXED, digits
 from vae.io import load_model, read_model_config
 from vae.ranges import to_uint8
@@ -43,7 +44,7 @@ def _setup(model_dir: str, **gen):
     data = digits(model_dir)
     cfg = PipelineConfig(generate=GenerateConfig(**{**MIXED, "shard_size": 20, "batch_size": 8, **gen}))
     plan = make_plan(cfg.generate, model.cfg, meta["extra"]["class_names"], data)
-    job, _ = _job_spec(cfg, model, meta, plan, data)
+    job, _ = _sampling_spec(cfg, model, meta, plan, data)
     return model, plan, job, source_images(plan, data)
 
 

@@ -8,9 +8,10 @@ import shutil
 import fsspec
 import pytest
 
+from pipelines.dataset_format import LATEST, LatestPointer, read_latest
 from pipelines.errors import StorageError
 from pipelines.generate import generate
-from pipelines.generate.commit import LATEST, LatestPointer, OutputTarget, open_fs, point_latest, read_latest
+from pipelines.generate.commit import OutputTarget, open_fs, point_latest
 from pipelines.generate.conditional import read_tagged
 from pipelines.readers import SyntheticDataset, open_dataset
 from tests.pipelines.generate.helpers import make_cfg, run_local, snapshot

@@ -1,4 +1,5 @@
-"""`open_dataset` on a directory of versions: following `_LATEST`, and refusing a bad pointer."""
+"""`open_dataset`: the manifest of a committed dataset, refusals of missing, uncommitted and tampered ones,
+and on a directory of versions following `_LATEST` and refusing a bad pointer."""
 
 from __future__ import annotations
 
@@ -8,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from pipelines.dataset_format import LATEST
 from pipelines.errors import DataError
 from pipelines.generate import generate
-from pipelines.generate.commit import LATEST
-from pipelines.readers import open_dataset
+from pipelines.readers import SyntheticDataset, open_dataset
 from tests.pipelines.generate.helpers import make_cfg, save_tiny_model
+from tests.pipelines.readers.conftest import ROWS
 
 
 @pytest.fixture(scope="module")
@@ -71,3 +73,28 @@ def test_versions_without_a_pointer_name_the_newest(copy):
     with pytest.raises(DataError, match=r"holds versions \(v1, v2\) but no _LATEST pointer.*/ds/v2'"):
         open_dataset(str(copy))
     assert open_dataset(str(copy / "v1")).rows == 20
+
+
+def test_open_dataset_reads_the_manifest(synthetic_dir):
+    m = open_dataset(str(synthetic_dir))
+    assert m.rows == ROWS and len(m.files) == 5 and m.latent_dim == 4 and m.image_shape == (1, 8, 8)
+    assert m.class_names == [str(k) for k in range(10)] and m.provenance["model_sha256"]
+
+
+def test_uncommitted_missing_and_tampered_datasets_are_refused(synthetic_dir, tmp_path):
+    with pytest.raises(DataError, match="no synthetic dataset"):
+        open_dataset(str(tmp_path / "nothing"))
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for p in synthetic_dir.rglob("*"):
+        if p.is_file():
+            (copy / p.relative_to(synthetic_dir)).parent.mkdir(parents=True, exist_ok=True)
+            (copy / p.relative_to(synthetic_dir)).write_bytes(p.read_bytes())
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["rows"] += 1
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(DataError, match="does not match"):
+        open_dataset(str(copy))
+    (copy / "_SUCCESS").unlink()
+    with pytest.raises(DataError, match=r"incomplete \(no _SUCCESS marker\)"):
+        SyntheticDataset(str(copy))

@@ -9,7 +9,6 @@ committed unless every shard was written and checked.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import hashlib
 import json
 import logging
@@ -27,26 +26,15 @@ from tqdm.auto import tqdm
 
 from pipelines.config import PipelineConfig
 from pipelines.console import console
-from pipelines.data.filesystems import first_line
 from pipelines.data.imageset import ImageSet
+from pipelines.dataset_format import FORMAT, FORMAT_VERSION, LATEST, PICTURE, PREVIEW, DatasetSummary
 from pipelines.errors import DataError, ModelError
 from pipelines.generate.actors import ShardWriter
 from pipelines.generate.card import dataset_card
-from pipelines.generate.commit import (
-    LATEST,
-    PICTURE,
-    PREVIEW,
-    OutputTarget,
-    commit,
-    join,
-    redact_url,
-    resolve_output,
-    verify_files,
-    writing,
-)
-from pipelines.generate.fanout import run_local, run_on_ray
+from pipelines.generate.commit import OutputTarget, commit, resolve_output, verify_files, writing
+from pipelines.generate.fanout import RayFanout, run_local, run_on_ray
 from pipelines.generate.plan import (
-    JobPlan,
+    GenerationPlan,
     class_names_for,
     make_plan,
     needs_real_data,
@@ -57,7 +45,9 @@ from pipelines.generate.plan import (
 from pipelines.generate.png import backend_version, default_backend
 from pipelines.generate.preview import preview_png
 from pipelines.generate.schema import arrow_schema, hf_features, row_group_rows
-from pipelines.generate.shard import JobSpec, ShardStats
+from pipelines.generate.shard import SamplingSpec, ShardStats
+from pipelines.redaction import redact_config
+from pipelines.storage import first_line, join, redact_url
 from pipelines.usefulness.dataset import Judging, prepare_judging
 from vae.io import ModelFileError, load_model, read_model_config
 
@@ -66,55 +56,28 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-FORMAT = "vaeaug.synthetic"
-FORMAT_VERSION = 1
 
+@dataclass(frozen=True)
+class GenerateResult(DatasetSummary):
+    """What a generation job wrote: its `DatasetSummary`, and how the writing went.
 
-@dataclass
-class GenerateResult:
-    """What a generation job wrote.
-
-    Args:
-        dataset_dir: the committed dataset directory (`<output>/vN` for "new_version").
-        rows: rows written.
-        files: the Parquet files, as URLs.
-        per_class: rows per class name (empty for an unconditional model).
-        per_method: rows per generation method.
-        manifest_path: URL of manifest.json.
+    Args (beyond `DatasetSummary`'s; `rows_per_s` is rows / seconds here):
         seconds: wall time from the first shard to the commit (actor start-up excluded).
-        rows_per_s: rows / seconds.
+        num_actors: writers used (0: in-process).
         startup_seconds: connecting to Ray and starting the actors (model loading included).
         cpu_seconds: CPU time the writers spent on shards (all processes; a contention-free cost).
-        num_actors: writers used (0: in-process).
         peak_rss_mb: "driver", "writers_max" and "writers_total" peak resident memory.
-        usefulness: the usefulness report (`UsefulnessReport.to_dict()`), or None when not measured.
-        usefulness_note: why there is no report, when there is none.
-        curation: per-class acceptance of the curated rows (empty without curation).
-        picture_path: URL of the per-class picture (`usefulness.png`), or None.
-        preview_path: URL of the preview grid (`preview.png`), or None when it could not be drawn.
         output_dir: the configured output (== `dataset_dir` unless a new version was written).
         version: "vN" for "new_version" (the output's `_LATEST` then names it), else None.
         seed: the integer seed the shards used.
         seed_source: where it came from ("fixed", "per_run from run time ...").
     """
 
-    dataset_dir: str
-    rows: int
-    files: list[str]
-    per_class: dict[str, int]
-    per_method: dict[str, int]
-    manifest_path: str
     seconds: float
-    rows_per_s: float
     num_actors: int = 0
     startup_seconds: float = 0.0
     cpu_seconds: float = 0.0
     peak_rss_mb: dict[str, float] = field(default_factory=dict)
-    usefulness: dict[str, Any] | None = None
-    usefulness_note: str | None = None
-    curation: dict[str, Any] = field(default_factory=dict)
-    picture_path: str | None = None
-    preview_path: str | None = None
     output_dir: str = ""
     version: str | None = None
     seed: int = 0
@@ -157,40 +120,37 @@ def _content_config(cfg: PipelineConfig) -> dict[str, Any]:
     return {k: getattr(g, k) for k in keys}
 
 
-def _sanitized_config(cfg: PipelineConfig) -> dict[str, Any]:
-    """The whole config for the manifest, without credentials (storage options, URL user info)."""
-    tree = cfg.to_dict()
-
-    def clean(node: Any) -> Any:
-        if isinstance(node, dict):
-            return {k: ("<redacted>" if k == "storage_options" and v else clean(v)) for k, v in node.items()}
-        if isinstance(node, str) and "://" in node:
-            return redact_url(node)
-        return node
-
-    return clean(tree)
-
-
-def _job_spec(
+def _job_id(
     cfg: PipelineConfig,
-    model: Any,
     meta: dict[str, Any],
-    plan: JobPlan,
-    data: ImageSet | None,
-    judge_sha: str | None = None,
-):
-    """(JobSpec, provenance) of the job; the job id hashes everything that decides the content."""
-    fingerprint = data.fingerprint() if (data is not None and plan.needs_sources) else None
-    content = {
+    fingerprint: str | None,
+    judge_sha: str | None,
+    png_backend: str,
+) -> str:
+    """12 hex digits of sha256 over everything that decides the content (the `sample_id` prefix)."""
+    content: dict[str, Any] = {
         "model_sha256": meta["weights_sha256"],
         "generate": _content_config(cfg),
         "data_fingerprint": fingerprint,
     }
     if judge_sha is not None:  # curated rows depend on the judge
         content["judge_sha256"] = judge_sha
-    png_backend = default_backend()
     content["png_backend"] = png_backend
-    job_id = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:12]
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _sampling_spec(
+    cfg: PipelineConfig,
+    model: Any,
+    meta: dict[str, Any],
+    plan: GenerationPlan,
+    data: ImageSet | None,
+    judge_sha: str | None = None,
+) -> tuple[SamplingSpec, dict[str, Any]]:
+    """(SamplingSpec, provenance) of the generation (the provenance goes in every file's metadata)."""
+    fingerprint = data.fingerprint() if (data is not None and plan.needs_sources) else None
+    png_backend = default_backend()
+    job_id = _job_id(cfg, meta, fingerprint, judge_sha, png_backend)
     provenance = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -208,7 +168,7 @@ def _job_spec(
     }
     g = cfg.generate
     schema = arrow_schema(model.cfg.latent_dim, plan.class_names, provenance)
-    job = JobSpec(
+    sampling = SamplingSpec(
         job_id=job_id,
         seed=g.seed,
         num_shards=len(plan.shards),
@@ -224,7 +184,7 @@ def _job_spec(
         curation_threshold=g.curation_threshold if judge_sha is not None else None,
         curation_max_rounds=g.curation_max_rounds,
     )
-    return job, provenance
+    return sampling, provenance
 
 
 def _progress(total: int, enabled: bool) -> tqdm:
@@ -240,8 +200,8 @@ def _progress(total: int, enabled: bool) -> tqdm:
 
 def _manifest(
     cfg: PipelineConfig,
-    plan: JobPlan,
-    job: JobSpec,
+    plan: GenerationPlan,
+    sampling: SamplingSpec,
     provenance: dict[str, Any],
     stats: list[ShardStats],
     model: Any,
@@ -274,15 +234,15 @@ def _manifest(
         "image_shape": list(model.cfg.image_shape),
         "image_format": "png",
         "latent_dim": model.cfg.latent_dim,
-        "row_group_rows": job.row_group_rows,
+        "row_group_rows": sampling.row_group_rows,
         "features": hf_features(model.cfg.latent_dim, plan.class_names),
-        "arrow_schema": job.schema.remove_metadata().to_string(),
+        "arrow_schema": sampling.schema.remove_metadata().to_string(),
         "provenance": {
             **provenance,
             "seed_source": seed_source,  # not in the Parquet metadata: a fixed seed keeps its bytes
             "created_at": created_at,
             "model_dir": redact_url(model_dir),
-            "config": _sanitized_config(cfg),
+            "config": redact_config(cfg.to_dict()),  # the one redaction policy
         },
     }
 
@@ -313,7 +273,7 @@ def _measure(
     return report, None
 
 
-def _curation_summary(cfg: PipelineConfig, plan: JobPlan, stats: list[ShardStats]) -> dict[str, Any]:
+def _curation_summary(cfg: PipelineConfig, plan: GenerationPlan, stats: list[ShardStats]) -> dict[str, Any]:
     """Per class name: candidates tried, accepted, acceptance rate, rows kept below the threshold."""
     from pipelines.generate.curation import CurationCounts
 
@@ -355,11 +315,13 @@ def _real_data(cfg: PipelineConfig, model: Any, data: ImageSet | None, required:
 def _with_seed(cfg: PipelineConfig, seed: int) -> PipelineConfig:
     """A shallow copy of `cfg` whose `generate.seed` is the resolved integer."""
     out = copy.copy(cfg)
-    out.generate = dataclasses.replace(cfg.generate, seed=seed)
+    out.generate = cfg.generate.model_copy(update={"seed": seed})
     return out
 
 
-def _write_preview(target: OutputTarget, stats: list[ShardStats], plan: JobPlan) -> str | dict[str, str]:
+def _write_preview(
+    target: OutputTarget, stats: list[ShardStats], plan: GenerationPlan
+) -> str | dict[str, str]:
     """Draw the preview grid from the written shards; the manifest's `preview` entry.
 
     Returns:
@@ -382,8 +344,8 @@ class _Run:
     """What `_write_and_commit` needs from the checks and the plan."""
 
     cfg: PipelineConfig
-    plan: JobPlan
-    job: JobSpec
+    plan: GenerationPlan
+    sampling: SamplingSpec
     judging: Judging
     model: Any
     model_dir: str
@@ -395,23 +357,34 @@ class _Run:
     progress: bool
 
 
-def _write_and_commit(run: _Run, target: OutputTarget):
-    """Write every shard (on Ray or here), check them, measure, and commit under the lease.
+@dataclass
+class _Written:
+    """What `_write_and_commit` did: shard stats, actors used, start-up and write seconds, the
+    committed manifest and its URL, and whether the usefulness picture was drawn."""
 
-    Returns:
-        (stats, actors, start-up s, seconds, manifest, manifest URL, usefulness report or None).
-    """
-    cfg, plan, job = run.cfg, run.plan, run.job
+    stats: list[ShardStats]
+    num_actors: int
+    startup: float
+    seconds: float
+    manifest: dict[str, Any]
+    manifest_path: str
+    has_picture: bool
+
+
+def _write_and_commit(run: _Run, target: OutputTarget) -> _Written:
+    """Write every shard (on Ray or here), check them, measure, and commit under the lease."""
+    cfg, plan, sampling = run.cfg, run.plan, run.sampling
     created_at = datetime.now(UTC).isoformat(timespec="seconds")
     t_start = time.perf_counter()
     with _progress(plan.total_rows, run.progress) as bar:
         if run.info is not None:
-            stats, n_actors, startup = run_on_ray(
-                cfg, run.info, plan, job, target, run.model_dir, run.model_opts, run.sources, bar
+            fanout = RayFanout(
+                cfg.generate, run.info, plan, sampling, target, run.model_dir, run.model_opts, run.sources
             )
+            stats, n_actors, startup = run_on_ray(fanout, bar)
         else:
             writer = ShardWriter.in_process(
-                run.model, job, run.sources, target.fs, target.root, run.judging.judge
+                run.model, sampling, run.sources, target.fs, target.root, run.judging.judge
             )
             stats, n_actors, startup = run_local(plan, writer, bar), 0, 0.0
     verify_files(target, stats)
@@ -421,14 +394,14 @@ def _write_and_commit(run: _Run, target: OutputTarget):
             f"{report.verdict}, gain {100 * report.gain:+.1f} points" if report else f"skipped: {why_not}"
         )
     manifest = _manifest(
-        cfg, plan, job, run.provenance, stats, run.model, run.model_dir, created_at, run.seed_source
+        cfg, plan, sampling, run.provenance, stats, run.model, run.model_dir, created_at, run.seed_source
     )
     manifest["preview"] = _write_preview(target, stats, plan)
     manifest["curation"] = _curation_summary(cfg, plan, stats)
     manifest["usefulness"] = report.to_dict() if report is not None else {"skipped": why_not}
     manifest_path = commit(target, manifest, dataset_card(manifest))
     seconds = time.perf_counter() - t_start - startup
-    return stats, n_actors, startup, seconds, manifest, manifest_path, report
+    return _Written(stats, n_actors, startup, seconds, manifest, manifest_path, report is not None)
 
 
 def generate(
@@ -462,41 +435,49 @@ def generate(
     model_dir = model_dir or cfg.model_dir
     seed, seed_source = resolve_seed(cfg.generate.seed, run_time)
     cfg = _with_seed(cfg, seed)  # everything below (plan, shards, job id, manifest) sees the int
+    run = _prepare(cfg, model_dir, data, seed_source, progress)
+    if use_ray:  # connect before touching the output: a failed connection must not cost the old dataset
+        from pipelines.raycluster import ensure_ray
+
+        run.info = ensure_ray(cfg.ray)
+    g = cfg.generate
+    with writing(cfg.dataset_dir, g.if_exists, g.storage_options) as target:  # the writer's lease
+        written = _write_and_commit(run, target)
+    log.info(
+        "committed %d rows to %s in %.1f s", written.manifest["rows"], redact_url(target.url), written.seconds
+    )
+    if target.version is not None:
+        log.info(
+            "version %s of %s (readers of it follow %s)", target.version, redact_url(target.base_url), LATEST
+        )
+    return _result(target, written)
+
+
+def _prepare(
+    cfg: PipelineConfig, model_dir: str, data: ImageSet | None, seed_source: str, progress: bool
+) -> _Run:
+    """Every check and every preparation before the output is touched: the model, the request, the
+    output (checked again under the lease), the real data, the plan, the judge, the sampling spec.
+    The returned run writes in this process until `info` is set."""
     g = cfg.generate
     model_opts = _model_storage_options(model_dir, cfg)
     model, meta = _load_model(model_dir, model_opts)
     class_names = class_names_for(model.cfg, meta.get("extra", {}).get("class_names"))
     validate_request(g, model.cfg, class_names)
-    resolve_output(
-        cfg.dataset_dir, g.if_exists, g.storage_options
-    )  # fail before any work; again under the lease
+    resolve_output(cfg.dataset_dir, g.if_exists, g.storage_options)  # fail before any work
     curate = g.curation_threshold is not None
     data = _real_data(cfg, model, data, needs_real_data(g) or curate)
     plan = make_plan(g, model.cfg, class_names, data)
     judging = prepare_judging(cfg, model, model_dir, model_opts, meta, data, curate)
-    job, provenance = _job_spec(cfg, model, meta, plan, data, judging.judge_sha)
+    sampling, provenance = _sampling_spec(cfg, model, meta, plan, data, judging.judge_sha)
     sources = source_images(plan, data) if (plan.needs_sources and data is not None) else None
-    info = None
-    if use_ray:  # connect before touching the output: a failed connection must not cost the old dataset
-        from pipelines.raycluster import ensure_ray
-
-        info = ensure_ray(cfg.ray)
-    with writing(cfg.dataset_dir, g.if_exists, g.storage_options) as target:  # the writer's lease
-        run = _Run(cfg, plan, job, judging, model, model_dir, model_opts, sources, info, provenance,
-                   seed_source, progress)  # fmt: skip
-        stats, n_actors, startup, seconds, manifest, manifest_path, report = _write_and_commit(run, target)
-    log.info("committed %d rows to %s in %.1f s", manifest["rows"], redact_url(target.url), seconds)
-    if target.version is not None:
-        log.info(
-            "version %s of %s (readers of it follow %s)", target.version, redact_url(target.base_url), LATEST
-        )
-    return _result(target, manifest, manifest_path, stats, seconds, n_actors, startup, report is not None)
+    return _Run(cfg, plan, sampling, judging, model, model_dir, model_opts, sources, None, provenance,
+                seed_source, progress)  # fmt: skip
 
 
-def _result(
-    target: OutputTarget, manifest: dict[str, Any], manifest_path: str, stats: list[ShardStats],
-    seconds: float, n_actors: int, startup: float, has_picture: bool,
-) -> GenerateResult:  # fmt: skip
+def _result(target: OutputTarget, written: _Written) -> GenerateResult:
+    """The `GenerateResult` of a committed dataset."""
+    stats, manifest, seconds, n_actors = written.stats, written.manifest, written.seconds, written.num_actors
     peaks: dict[int, float] = {}
     for s in stats:
         peaks[s.pid] = max(peaks.get(s.pid, 0.0), s.peak_rss_mb)
@@ -505,14 +486,14 @@ def _result(
     return GenerateResult(
         dataset_dir=target.url,
         rows=manifest["rows"],
-        files=[target.url.rstrip("/") + "/" + s.path for s in stats],
+        files=[join(target.url, s.path) for s in stats],
         per_class=manifest["per_class"],
         per_method=manifest["per_method"],
-        manifest_path=manifest_path,
+        manifest_path=written.manifest_path,
         seconds=seconds,
         rows_per_s=manifest["rows"] / seconds if seconds > 0 else 0.0,
         num_actors=n_actors,
-        startup_seconds=startup,
+        startup_seconds=written.startup,
         cpu_seconds=sum(s.cpu_seconds for s in stats),
         peak_rss_mb={
             "driver": driver_peak,
@@ -522,7 +503,7 @@ def _result(
         usefulness=None if "skipped" in usefulness else usefulness,
         usefulness_note=usefulness.get("skipped"),
         curation=manifest["curation"],
-        picture_path=join(target.url, PICTURE) if has_picture else None,
+        picture_path=join(target.url, PICTURE) if written.has_picture else None,
         preview_path=join(target.url, PREVIEW) if manifest["preview"] == PREVIEW else None,
         output_dir=target.base_url,
         version=target.version,
@@ -531,4 +512,4 @@ def _result(
     )
 
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "GenerateResult", "generate"]
+__all__ = ["GenerateResult", "generate"]

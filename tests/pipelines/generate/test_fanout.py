@@ -96,7 +96,7 @@ def test_failed_shards_are_retried_with_the_same_bytes(ray_session, cond_model, 
     import ray
 
     import pipelines.generate.actors as actors
-    from pipelines.generate.shard import shard_path
+    from pipelines.dataset_format import shard_path
 
     class Flaky(actors.ShardWriter):  # defined here, so Ray ships it by value to the worker
         """First attempts: shard 1 leaves a partial file and raises, shard 3 kills its process."""
@@ -106,7 +106,9 @@ def test_failed_shards_are_retried_with_the_same_bytes(ray_session, cond_model, 
             if spec.index in (1, 3) and not marker.exists():
                 marker.write_text("x")
                 self.fs.makedirs(f"{self.root}/data", exist_ok=True)
-                self.fs.pipe_file(f"{self.root}/{shard_path(spec.index, self.job.num_shards)}", b"partial")
+                self.fs.pipe_file(
+                    f"{self.root}/{shard_path(spec.index, self.sampling.num_shards)}", b"partial"
+                )
                 if spec.index == 3:
                     os._exit(1)
                 raise RuntimeError("injected failure")

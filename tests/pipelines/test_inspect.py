@@ -10,7 +10,9 @@ from typing import Any
 
 import pytest
 
-from pipelines.describe import (
+from pipelines.dataset_format import MANIFEST, MARKER
+from pipelines.errors import DataError
+from pipelines.inspect import (
     DatasetDescription,
     SchemaColumn,
     dataset_description,
@@ -18,8 +20,6 @@ from pipelines.describe import (
     render_description,
     schema_columns,
 )
-from pipelines.errors import DataError
-from pipelines.generate.commit import MANIFEST, MARKER
 
 CLASSES = [str(k) for k in range(10)]
 
@@ -71,6 +71,31 @@ def test_description_of_a_committed_dataset(committed: Path):
     assert "model_sha256" in d.provenance
     doc = json.loads(json.dumps(d.to_dict()))
     assert doc["image_shape"] == [1, 8, 8] and doc["schema"][2]["class_names"] == CLASSES
+
+
+def test_describe_dataset_prints_the_committed_datasets_own_facts(committed: Path):
+    """The text `vaeaug inspect` prints for a dataset as written: every figure is the manifest's."""
+    manifest = json.loads((committed / MANIFEST).read_text())
+    lines = describe_dataset(str(committed)).splitlines()
+    assert lines[0] == f"dataset   {committed}  (committed {manifest['created_at']})"
+    assert lines[1] == "rows      60 in 4 files, images 8x8x1 PNG, latent_dim 4"
+    assert lines[2] == "per class " + ", ".join(f"{c}=6" for c in CLASSES)
+    assert lines[3] == "methods   prior=60"
+    prov = manifest["provenance"]
+    assert lines[4] == (
+        f"model     sha256 {prov['model_sha256'][:16]}  seed {prov['seed']}  "
+        f"vaeaug {prov['vaeaug_version']}  torch {prov['torch_version']}"
+    )
+    assert lines[5] == f"preview   {committed}/preview.png" and (committed / "preview.png").is_file()
+    assert lines[6] == "usefulness not measured: usefulness report off (report.enabled=false)"
+    schema = lines[lines.index("schema") + 1 : lines.index("quality (sample of the first file)")]
+    assert [line.split(":")[0].strip() for line in schema] == [
+        "image", "latent", "label", "sample_id", "method", "source_id", "target_id"
+    ]  # fmt: skip
+    assert "  sample_id: string not null" in schema
+    quality = dict(line.split() for line in lines[lines.index("quality (sample of the first file)") + 1 :])
+    assert quality["rows_sampled"] == "16" and quality["duplicate_fraction"] == "0"
+    assert 0 < float(quality["pixel_mean"]) < 1 and "prior_latent_std" in quality
 
 
 def test_text_names_the_classes_and_the_usefulness_but_no_preview_when_the_manifest_has_none(

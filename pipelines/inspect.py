@@ -18,10 +18,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec import AbstractFileSystem
 
-from pipelines.data.filesystems import first_line
+from pipelines.data.decode import decode_png
 from pipelines.errors import DataError
-from pipelines.generate.commit import join, redact_url
-from pipelines.readers import SyntheticManifest, decode_image, open_dataset
+from pipelines.readers import SyntheticManifest, open_dataset
+from pipelines.readers.manifest import listed_sizes
+from pipelines.storage import first_line, join, redact_url
 
 SAMPLE_ROWS = 2048
 #: Class names shown on the label's schema line before "... (N more)".
@@ -115,14 +116,14 @@ def sample_quality(path: str, storage_options: dict[str, Any] | None = None) -> 
 
 
 def _sample_quality(manifest: SyntheticManifest) -> dict[str, float]:
-    fs, _ = manifest.filesystem()
-    _, first = fsspec.core.url_to_fs(manifest.files[0], **manifest.storage_options)
+    fs, root = manifest.filesystem()
+    first = join(root, manifest.data["files"][0]["path"])
     try:
         with fs.open(first, "rb") as f:
             pf = pq.ParquetFile(f)
             table = next(pf.iter_batches(batch_size=SAMPLE_ROWS, columns=["image", "latent", "method"]))
         pngs = [row["bytes"] for row in table.column("image").to_pylist()]
-        pixels = np.stack([decode_image(b).numpy() for b in pngs[:256]])  # (n, C, H, W) in [0, 1]
+        pixels = np.stack([decode_png(b).numpy() for b in pngs[:256]])  # (n, C, H, W) in [0, 1]
     except _READ_ERRORS as exc:  # a footer that parses over damaged pages or PNGs
         raise DataError(
             f"cannot read the first rows of {redact_url(manifest.files[0])!r} ({type(exc).__name__}: "
@@ -155,25 +156,9 @@ def file_problems(manifest: SyntheticManifest) -> list[str]:
     """
     fs, root = manifest.filesystem()
     entries = list(manifest.data.get("files") or [])
-    sizes = _listed_sizes(fs, root, [str(entry.get("path")) for entry in entries])
+    sizes = listed_sizes(fs, root, [str(entry.get("path")) for entry in entries])
     problems = [_file_problem(fs, root, entry, sizes) for entry in entries]
     return [problem for problem in problems if problem is not None]
-
-
-def _listed_sizes(fs: AbstractFileSystem, root: str, rels: list[str]) -> dict[str, int]:
-    """Size of every file in the folders holding `rels`, keyed by path relative to `root`."""
-    sizes: dict[str, int] = {}
-    for folder in sorted({rel.rsplit("/", 1)[0] if "/" in rel else "" for rel in rels}):
-        base = join(root, folder) if folder else root
-        fs.invalidate_cache(base)
-        try:
-            listed = fs.ls(base, detail=True)
-        except (FileNotFoundError, NotADirectoryError):
-            listed = []
-        for item in listed:
-            name = str(item["name"]).rstrip("/").rsplit("/", 1)[-1]
-            sizes[f"{folder}/{name}" if folder else name] = int(item.get("size") or 0)
-    return sizes
 
 
 def _file_problem(
@@ -210,7 +195,7 @@ def _model_metrics(model_dir: str | None) -> dict[str, float] | None:
     if not model_dir:
         return None
     try:
-        with fsspec.open(model_dir.rstrip("/") + "/metrics.json", "rb") as f:
+        with fsspec.open(join(model_dir, "metrics.json"), "rb") as f:
             history = json.loads(f.read())
     except (OSError, ValueError, ImportError):
         return None
