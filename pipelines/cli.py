@@ -77,14 +77,26 @@ def cmd_train(args: argparse.Namespace) -> int:
     """Train the VAE on Ray Train (or locally with train.backend=local) and export it to
     <output_dir>/model with its metrics, loss curve and sample grid."""
     from pipelines.console import console
-    from pipelines.stages import picture_paths, save_merged_config, train_stage
+    from pipelines.stages import (
+        describe_data,
+        load_data,
+        model_pictures,
+        save_merged_config,
+        train_job_stage,
+        train_stage,
+    )
 
     cfg = _config_with_data_shape(args)
     save_merged_config(cfg)
     with console.stage("train"):
-        result = train_stage(cfg)
+        if cfg.ray.submit_job:  # the cluster loads the data
+            result = train_job_stage(cfg)
+        else:
+            data = load_data(cfg)
+            console.line(describe_data(cfg, data))
+            result = train_stage(cfg, data)
     console.plain(f"model: {result.model_dir}  (sha256 {result.sha256[:12]})")
-    for what, path in picture_paths({"model_dir": result.model_dir, "grid_path": result.grid_path}).items():
+    for what, path in model_pictures(result.model_dir, result.grid_path).items():
         console.plain(f"picture: {path}  ({what})")
     return 0
 
@@ -92,32 +104,28 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     """Sample a synthetic dataset from a trained model on Ray and commit it as Parquet."""
     from pipelines.console import console
-    from pipelines.stages import (
-        generate_stage,
-        how_to_load,
-        picture_paths,
-        save_merged_config,
-        usefulness_lines,
-    )
+    from pipelines.stages import generate_stage, how_to_load, save_merged_config, usefulness_lines
 
     cfg = _config_with_data_shape(args)
     save_merged_config(cfg)
-    out = generate_stage(cfg, model_dir=args.model)
-    _print_dataset(out)
-    for what, path in picture_paths({k: v for k, v in out.items() if k != "model_dir"}).items():
+    dataset = generate_stage(cfg, None, model_dir=args.model)  # it loads real images if it needs any
+    print(f"dataset: {dataset.dataset_dir}  ({dataset.rows} rows in {len(dataset.files)} files, committed)")
+    if dataset.per_class:
+        print("per class: " + ", ".join(f"{k}={v}" for k, v in dataset.per_class.items()))
+    for what, path in dataset.pictures().items():
         console.plain(f"picture: {path}  ({what})")
-    console.plain("\n".join(usefulness_lines(out)))
-    console.plain(how_to_load(out["dataset_dir"]))
+    console.plain("\n".join(usefulness_lines(dataset)))
+    console.plain(how_to_load(dataset.dataset_dir))
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Print held-out quality figures of a trained model on its data's validation split and, with
     --dataset, the usefulness report of a committed synthetic dataset (does it help a classifier?)."""
-    from pipelines.stages import evaluate_stage, usefulness_report_stage
+    from pipelines.stages import evaluate_stage, load_data, usefulness_report_stage
 
     cfg = _config_with_data_shape(args)
-    report = evaluate_stage(cfg, model_dir=args.model)
+    report = evaluate_stage(cfg, load_data(cfg), model_dir=args.model).to_dict()
     useful, note = usefulness_report_stage(cfg, args.dataset, args.model) if args.dataset else (None, None)
     if args.json:
         doc: dict[str, Any] = {"model_dir": args.model or cfg.model_dir, "quality": report}
@@ -137,7 +145,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_inspect(args: argparse.Namespace) -> int:
     """Print a committed dataset's manifest summary, per-class counts, preview image, usefulness
     headline, schema (with class names) and quality figures."""
-    from pipelines.describe import dataset_description, render_description
+    from pipelines.inspect import dataset_description, render_description
 
     description = dataset_description(args.dataset)
     if args.json:
@@ -158,10 +166,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     console.line(f"vaeaug {package_version()} run: config {args.config or '(defaults)'}, {given}")
     from pipelines.launch import run_pipeline
 
-    summary = run_pipeline(args.config, list(args.overrides))
-    from pipelines.stages import run_summary
+    returned = run_pipeline(args.config, list(args.overrides))
+    from pipelines.stages import RunSummary, run_summary
 
-    summary["timings"] = {**summary.get("timings", {}), "total": console.elapsed()}
+    summary = RunSummary.from_dict(returned).with_timing("total", console.elapsed())
     console.plain(run_summary(summary))
     return 0
 
@@ -176,12 +184,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     serve(deployment)
     return 0
-
-
-def _print_dataset(out: dict) -> None:
-    print(f"dataset: {out['dataset_dir']}  ({out['rows']} rows in {len(out['files'])} files, committed)")
-    if out.get("per_class"):
-        print("per class: " + ", ".join(f"{k}={v}" for k, v in out["per_class"].items()))
 
 
 def _add_model_arg(p: argparse.ArgumentParser) -> None:

@@ -1,30 +1,32 @@
-"""Typed pipeline configuration: defaults -> YAML file -> dotted command-line overrides.
+"""Typed pipeline configuration: defaults -> YAML file -> settings -> dotted command-line overrides.
 
-One dataclass per stage (`DataConfig`, `VAEConfig`, `TrainConfig`, `GenerateConfig`, `RayConfig`),
-gathered in `PipelineConfig`. Unknown keys and wrong types are errors that name the key; the merged
-config is saved next to the outputs (`save_config`).
+One pydantic model per stage (`DataConfig`, `TrainConfig`, `GenerateConfig`, `RayConfig`,
+`FlowConfig`, `ReportConfig`; the model's `VAEConfig` is a plain dataclass of `vae`), gathered in
+`PipelineConfig`. Unknown keys, wrong types and invalid values are one-line `ConfigError`s naming the
+dotted key (see `pipelines.sections.Section`); the merged config is saved next to the outputs
+(`config_yaml`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import re
-import types
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+from typing import Annotated, Any, ClassVar, Literal, Self
 
 import yaml
+from pydantic import BeforeValidator, ConfigDict, Field, GetJsonSchemaHandler, PrivateAttr, model_validator
+from pydantic.json_schema import JsonSchemaValue
 
 from pipelines.data.config import URL_SOURCES, DataConfig
 from pipelines.redaction import redact_config
+from pipelines.sections import Section, StorageOptions, describe_fields, str_keys, unknown_keys_error
+from pipelines.storage import basename, join
 from vae.config import ConfigError, VAEConfig
 
 
-@dataclass
-class RayConfig:
+class RayConfig(Section):
     """How to reach Ray.
 
     Args:
@@ -34,17 +36,16 @@ class RayConfig:
         submit_job: run the stage as a Ray Job on the cluster's dashboard address (KubeRay) and follow it.
     """
 
+    section: ClassVar[str] = "ray"
+
     address: str | None = None
-    num_cpus: int | None = None
+    num_cpus: int | None = Field(None, ge=1)
     submit_job: bool = False
 
-    def __post_init__(self) -> None:
-        if self.num_cpus is not None and self.num_cpus < 1:
-            raise ConfigError(f"ray.num_cpus={self.num_cpus}: must be >= 1 or null (all CPUs)")
+    fixes: ClassVar[dict[str, str]] = {"num_cpus": "must be >= 1 or null (all CPUs)"}
 
 
-@dataclass
-class FlowConfig:
+class FlowConfig(Section):
     """Prefect orchestration settings.
 
     Args:
@@ -57,16 +58,12 @@ class FlowConfig:
         retry_delay_seconds: first retry delay; each further retry waits twice as long.
     """
 
+    section: ClassVar[str] = "flow"
+
     result_storage: str | None = None
     cache_training: bool = True
-    retries: int = 2
-    retry_delay_seconds: float = 10.0
-
-    def __post_init__(self) -> None:
-        if self.retries < 0:
-            raise ConfigError(f"flow.retries={self.retries}: must be >= 0")
-        if self.retry_delay_seconds < 0:
-            raise ConfigError(f"flow.retry_delay_seconds={self.retry_delay_seconds}: must be >= 0")
+    retries: int = Field(2, ge=0)
+    retry_delay_seconds: float = Field(10.0, ge=0)
 
 
 #: Largest `train.lr`: Adam moves every weight by up to lr per step, so far larger values overflow
@@ -74,8 +71,7 @@ class FlowConfig:
 MAX_LR = 10.0
 
 
-@dataclass
-class TrainConfig:
+class TrainConfig(Section):
     """Distributed training settings (Ray Train).
 
     Args:
@@ -108,50 +104,45 @@ class TrainConfig:
         backend: "ray" (Ray Train, any number of workers) or "local" (this process, no Ray).
     """
 
-    epochs: int = 30
-    min_steps: int = 3000
-    batch_size: int = 128
-    lr: float = 2e-3
-    weight_decay: float = 0.0
-    val_fraction: float = 0.1
+    section: ClassVar[str] = "train"
+
+    epochs: int = Field(30, ge=1)
+    min_steps: int = Field(3000, ge=0)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(2e-3, gt=0, le=MAX_LR)
+    weight_decay: float = Field(0.0, ge=0)
+    val_fraction: float = Field(0.1, ge=0, lt=1)
     seed: int = 0
-    num_workers: int = 1
+    num_workers: int = Field(1, ge=1)
     use_gpu: bool | None = None
     mixed_precision: bool = False
-    checkpoint_every: int = 1
-    keep_checkpoints: int = 2
-    max_failures: int = 0
-    storage_path: str = "./runs"
+    checkpoint_every: int = Field(1, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    max_failures: int = Field(0, ge=-1)
+    storage_path: str = Field("./runs", min_length=1)
     run_name: str | None = None
     streaming: Literal["auto", "always", "never"] = "auto"
     stream_above_mb: float = 512.0
-    cpus_per_worker: int | None = None
+    cpus_per_worker: int | None = Field(None, ge=1)
     backend: Literal["ray", "local"] = "ray"
 
-    def __post_init__(self) -> None:
-        checks = [
-            (self.epochs >= 1, "epochs", "must be >= 1"),
-            (self.min_steps >= 0, "min_steps", "must be >= 0 (0: exactly `epochs` passes)"),
-            (self.batch_size >= 1, "batch_size", "must be >= 1"),
-            # Adam moves each weight by up to lr per step: beyond MAX_LR float32 weights overflow.
-            (0 < self.lr <= MAX_LR, "lr", f"must be in (0, {MAX_LR:g}] (Adam's step size; 1e-3 is typical)"),
-            (self.weight_decay >= 0, "weight_decay", "must be >= 0"),
-            (0 <= self.val_fraction < 1, "val_fraction", "must be in [0, 1)"),
-            (self.num_workers >= 1, "num_workers", "must be >= 1 (one Ray Train worker per process)"),
-            (self.checkpoint_every >= 1, "checkpoint_every", "must be >= 1"),
-            (self.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1"),
-            (self.max_failures >= -1, "max_failures", "must be >= 0, or -1 for unlimited"),
-            (self.cpus_per_worker is None or self.cpus_per_worker >= 1, "cpus_per_worker", "must be >= 1"),
-            (bool(self.storage_path), "storage_path", "give a local path or s3:// / gs:// URL"),
-        ]
-        for ok, key, fix in checks:
-            if not ok:
-                raise ConfigError(f"train.{key}={getattr(self, key)!r}: {fix}")
+    fixes: ClassVar[dict[str, str]] = {
+        "min_steps": "must be >= 0 (0: exactly `epochs` passes)",
+        # Adam moves each weight by up to lr per step: beyond MAX_LR float32 weights overflow.
+        "lr": f"must be in (0, {MAX_LR:g}] (Adam's step size; 1e-3 is typical)",
+        "num_workers": "must be >= 1 (one Ray Train worker per process)",
+        "max_failures": "must be >= 0, or -1 for unlimited",
+        "storage_path": "give a local path or s3:// / gs:// URL",
+    }
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
         if self.batch_size < self.num_workers:
             raise ConfigError(
                 f"train.batch_size={self.batch_size} is smaller than train.num_workers="
                 f"{self.num_workers}: each worker needs at least one sample per batch"
             )
+        return self
 
     def steps_per_pass(self, train_images: int) -> int:
         """Optimizer steps of one pass over `train_images` (each rank's equal shard, per-worker batch)."""
@@ -186,8 +177,7 @@ MAX_SHARDS = 100_000
 MAX_DECODE_BATCH = 65_536
 
 
-@dataclass
-class GenerateConfig:
+class GenerateConfig(Section):
     """What to sample and where to write it (modes may be mixed in one job).
 
     Args:
@@ -228,65 +218,51 @@ class GenerateConfig:
             as a fallback in the manifest).
     """
 
-    num_samples: int = 10_000
-    per_class: dict[str, int] = field(default_factory=dict)
-    variants_per_image: int = 0
-    variant_temperature: float = 1.0
-    variant_limit: int | None = None
-    interpolations: int = 0
-    interpolation_steps: int = 8
-    temperature: float = 1.0
-    seed: int | str = 0  # an int >= 0 or "per_run" (__post_init__ names the fix; a Literal would not)
-    shard_size: int = 10_000
-    batch_size: int = 256
-    num_actors: int | None = None
-    cpus_per_actor: int = 1
+    section: ClassVar[str] = "generate"
+
+    num_samples: int = Field(10_000, ge=0, le=MAX_ROWS)
+    per_class: Annotated[dict[str, Annotated[int, Field(ge=0, le=MAX_ROWS)]], BeforeValidator(str_keys)] = (
+        Field(default_factory=dict)
+    )
+    variants_per_image: int = Field(0, ge=0, le=MAX_ROWS)
+    variant_temperature: float = Field(1.0, ge=0)
+    variant_limit: int | None = Field(None, ge=1)
+    interpolations: int = Field(0, ge=0, le=MAX_ROWS)
+    interpolation_steps: int = Field(8, ge=2)
+    temperature: float = Field(1.0, ge=0)
+    seed: int | str = 0  # an int >= 0 or "per_run" (_check names the fix; a Literal would not)
+    shard_size: int = Field(10_000, ge=1, le=MAX_SHARD_ROWS)
+    batch_size: int = Field(256, ge=1, le=MAX_DECODE_BATCH)
+    num_actors: int | None = Field(None, ge=1)
+    cpus_per_actor: int = Field(1, ge=1)
     output: str | None = None
     if_exists: Literal["error", "overwrite", "new_version"] = "error"
-    png_compression: int = 1
-    storage_options: dict[str, Any] = field(default_factory=dict)
-    curation_threshold: float | None = None
-    curation_max_rounds: int = 50
+    png_compression: int = Field(1, ge=0, le=9)
+    storage_options: StorageOptions = Field(default_factory=dict)
+    curation_threshold: float | None = Field(None, gt=0, lt=1)
+    curation_max_rounds: int = Field(50, ge=1)
 
-    def __post_init__(self) -> None:
-        nonneg = ("num_samples", "variants_per_image", "interpolations")
-        for key in nonneg:
-            if not 0 <= getattr(self, key) <= MAX_ROWS:
-                raise ConfigError(f"generate.{key}={getattr(self, key)}: must be in 0..{MAX_ROWS:_}")
-        for name, count in self.per_class.items():
-            if not 0 <= count <= MAX_ROWS:
-                raise ConfigError(f"generate.per_class.{name}={count}: counts must be in 0..{MAX_ROWS:_}")
-        checks = [
-            (self.variant_temperature >= 0, "variant_temperature", "must be >= 0"),
-            (self.temperature >= 0, "temperature", "must be >= 0"),
-            (self.interpolation_steps >= 2, "interpolation_steps", "must be >= 2"),
-            (1 <= self.shard_size <= MAX_SHARD_ROWS, "shard_size", f"must be in 1..{MAX_SHARD_ROWS:_}"),
-            (1 <= self.batch_size <= MAX_DECODE_BATCH, "batch_size", f"must be in 1..{MAX_DECODE_BATCH:_}"),
-            (self.num_actors is None or self.num_actors >= 1, "num_actors", "must be >= 1 or null"),
-            (self.cpus_per_actor >= 1, "cpus_per_actor", "must be >= 1"),
-            (self.variant_limit is None or self.variant_limit >= 1, "variant_limit", "must be >= 1"),
-            (0 <= self.png_compression <= 9, "png_compression", "must be in 0..9"),
-            (
-                self.curation_threshold is None or 0 < self.curation_threshold < 1,
-                "curation_threshold",
-                "must be in (0, 1), or null for no curation",
-            ),
-            (self.curation_max_rounds >= 1, "curation_max_rounds", "must be >= 1"),
-            (
-                self.seed == "per_run" or (isinstance(self.seed, int) and self.seed >= 0),
-                "seed",
-                "must be an int >= 0, or per_run for a seed derived from each run's time",
-            ),
-        ]
-        for ok, key, fix in checks:
-            if not ok:
-                raise ConfigError(f"generate.{key}={getattr(self, key)!r}: {fix}")
+    fixes: ClassVar[dict[str, str]] = {
+        "per_class": f"counts must be in 0..{MAX_ROWS:_}",
+        "num_actors": "must be >= 1 or null",
+        "curation_threshold": "must be in (0, 1), or null for no curation",
+    }
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if not (self.seed == "per_run" or (isinstance(self.seed, int) and self.seed >= 0)):
+            raise ConfigError(
+                f"generate.seed={self.seed!r}: must be an int >= 0, or per_run for a seed derived "
+                "from each run's time"
+            )
         self._check_known_rows()
+        return self
 
     def _check_known_rows(self) -> None:
         """The rows known without the data (prior, per-class, interpolations) within `MAX_ROWS`."""
-        interpolated = self.interpolations * self.interpolation_steps
-        known = (self.total_rows or 0) + interpolated
+        known = (
+            self.num_samples + sum(self.per_class.values()) + self.interpolations * self.interpolation_steps
+        )
         if known > MAX_ROWS:
             raise ConfigError(
                 f"generate asks for {known:_} rows (num_samples + per_class + interpolations x "
@@ -294,14 +270,8 @@ class GenerateConfig:
                 "or split the work into several jobs (e.g. generate.if_exists=new_version)"
             )
 
-    @property
-    def total_rows(self) -> int | None:
-        """Rows of the modes whose count is known without the data (variants/interpolations need it)."""
-        return self.num_samples + sum(self.per_class.values())
 
-
-@dataclass
-class ReportConfig:
+class ReportConfig(Section):
     """The usefulness report: does the synthetic set help a downstream classifier?
 
     A small CNN recipe is trained for a fixed number of steps on the real training split, on it plus
@@ -319,31 +289,67 @@ class ReportConfig:
         flip: classic augmentation mirrors images left-right; null: only for RGB images.
     """
 
+    section: ClassVar[str] = "report"
+
     enabled: bool = True
-    steps: int = 500
-    seeds: int = 2
-    batch_size: int = 64
-    width: int = 16
-    synthetic_share: float = 0.5
-    max_synthetic: int = 10_000
+    steps: int = Field(500, ge=1)
+    seeds: int = Field(2, ge=1)
+    batch_size: int = Field(64, ge=2)
+    width: int = Field(16, ge=1)
+    synthetic_share: float = Field(0.5, gt=0, lt=1)
+    max_synthetic: int = Field(10_000, ge=10)
     flip: bool | None = None
 
-    def __post_init__(self) -> None:
-        checks = [
-            (self.steps >= 1, "steps", "must be >= 1"),
-            (self.seeds >= 1, "seeds", "must be >= 1 (2 or more give a spread)"),
-            (self.batch_size >= 2, "batch_size", "must be >= 2"),
-            (self.width >= 1, "width", "must be >= 1"),
-            (0 < self.synthetic_share < 1, "synthetic_share", "must be in (0, 1)"),
-            (self.max_synthetic >= 10, "max_synthetic", "must be >= 10"),
-        ]
-        for ok, key, fix in checks:
-            if not ok:
-                raise ConfigError(f"report.{key}={getattr(self, key)!r}: {fix}")
+    fixes: ClassVar[dict[str, str]] = {"seeds": "must be >= 1 (2 or more give a spread)"}
 
 
-@dataclass
-class PipelineConfig:
+def _model_section(value: Any) -> Any:
+    """The `model` section from a mapping: unknown keys refused by name, then `VAEConfig`'s own checks
+    (`vae` knows nothing of pydantic: its dataclass validates itself)."""
+    if isinstance(value, VAEConfig):
+        return value
+    if not isinstance(value, dict):
+        raise ConfigError(f"model: expected a mapping of settings, got {value!r}")
+    valid = [f.name for f in dataclasses.fields(VAEConfig)]
+    unknown = [key for key in value if key not in valid]
+    if unknown:
+        raise unknown_keys_error("model", unknown, valid)
+    _check_int_lists(value)
+    return VAEConfig(**value)
+
+
+def _check_int_lists(model: dict[str, Any]) -> None:
+    """`model.image_size` and `model.hidden_channels` are lists of ints in a config (`VAEConfig` itself
+    also takes a side for a square size, and whole floats, from code and saved models)."""
+    for key, length in (("image_size", 2), ("hidden_channels", None)):
+        if key not in model:
+            continue
+        items = model[key]
+        if not isinstance(items, list | tuple):
+            raise ConfigError(f"model.{key}={items!r}: expected a list")
+        if length is not None and len(items) != length:
+            raise ConfigError(f"model.{key}={items!r}: expected a list of {length} values")
+        for i, item in enumerate(items):
+            if isinstance(item, bool) or not isinstance(item, int):
+                raise ConfigError(f"model.{key}[{i}]={item!r}: expected int")
+
+
+class _DescribedByDocstring:
+    """JSON schema of `VAEConfig` described by its docstring, as the sections' (see `describe_fields`)."""
+
+    def __get_pydantic_json_schema__(
+        self, core_schema: Any, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        schema = handler(core_schema)
+        describe_fields(handler.resolve_ref_schema(schema), VAEConfig.__doc__ or "")
+        return schema
+
+
+#: The `model` section: a `VAEConfig` built from a mapping by `_model_section`.
+ModelSection = Annotated[VAEConfig, BeforeValidator(_model_section), _DescribedByDocstring()]
+
+
+class PipelineConfig(Section):
     """The whole augmentation job.
 
     Args:
@@ -361,61 +367,78 @@ class PipelineConfig:
             embedded digits, `outputs/flowers` for `data.path=/x/flowers`).
 
     Attributes:
-        infer_from_data: the `model` keys ("image_size", "channels") that `load_config` found unset,
-            to be set from the data by `pipelines.data.shape.resolve_data_shape` (empty once resolved,
-            and for configs built otherwise, e.g. by `config_from_dict`: their values are final).
+        infer_from_data: the `model` keys ("image_size", "channels", "recon_loss") that `load_config`
+            found unset, to be set from the data by `pipelines.data.shape.resolve_data_shape` (empty
+            once resolved, and for configs built otherwise, e.g. by `config_from_dict`: their values
+            are final). Bookkeeping, not a setting: neither in `to_dict` nor compared by `==`.
     """
 
-    data: DataConfig = field(default_factory=DataConfig)
-    model: VAEConfig = field(default_factory=VAEConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    generate: GenerateConfig = field(default_factory=GenerateConfig)
-    ray: RayConfig = field(default_factory=RayConfig)
-    flow: FlowConfig = field(default_factory=FlowConfig)
-    report: ReportConfig = field(default_factory=ReportConfig)
+    # Assignments replace whole, already validated sections (`cfg.model = ...` once the data's shape
+    # is known); validating them again would re-run `_resolve_paths`, which assigns fields itself.
+    model_config = ConfigDict(validate_assignment=False)
+
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelSection = Field(default_factory=VAEConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    generate: GenerateConfig = Field(default_factory=GenerateConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+    flow: FlowConfig = Field(default_factory=FlowConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
     conditional: bool = True
     output_dir: str | None = None
-    infer_from_data: tuple[str, ...] = field(default=(), init=False, compare=False)
+    _infer_from_data: tuple[str, ...] = PrivateAttr(default=())
 
-    def __post_init__(self) -> None:
+    @model_validator(mode="after")
+    def _resolve_paths(self) -> Self:
         # Local paths become absolute now: Ray workers and actors may run in another working directory
         # (e.g. Ray's `uv run` runtime env), where "./outputs" would point elsewhere.
         if self.data.path is not None:
             self.data.path = absolute_local(self.data.path)
-        if self.output_dir is None:
-            self.output_dir = default_output_dir(self.data)
-        self.output_dir = absolute_local(self.output_dir)
+        self.output_dir = absolute_local(self.output_dir or default_output_dir(self.data))
         self.train.storage_path = absolute_local(self.train.storage_path)
         if self.generate.output is not None:
             self.generate.output = absolute_local(self.generate.output)
         if self.flow.result_storage is not None:
             self.flow.result_storage = absolute_local(self.flow.result_storage)
+        return self
+
+    @property
+    def infer_from_data(self) -> tuple[str, ...]:
+        """The `model` keys to set from the data (see the class docstring)."""
+        return self._infer_from_data
+
+    @infer_from_data.setter
+    def infer_from_data(self, keys: tuple[str, ...]) -> None:
+        self._infer_from_data = tuple(keys)
+
+    def __eq__(self, other: object) -> bool:
+        """Equal settings (`infer_from_data` is bookkeeping, not compared)."""
+        return isinstance(other, PipelineConfig) and self.to_dict() == other.to_dict()
 
     @property
     def model_dir(self) -> str:
         """The stable location of the exported model that the sampling stage reads."""
-        return self._output_root + "/model"
+        return join(self._output_root, "model")
 
     @property
     def dataset_dir(self) -> str:
         """Where the synthetic dataset is written."""
-        return self.generate.output or self._output_root + "/synthetic"
+        return self.generate.output or join(self._output_root, "synthetic")
 
     @property
     def _output_root(self) -> str:
-        assert self.output_dir is not None  # set by __post_init__
-        return self.output_dir.rstrip("/")
+        assert self.output_dir is not None  # set by _resolve_paths
+        return self.output_dir
 
     def to_dict(self, redact: bool = False) -> dict[str, Any]:
-        """Plain JSON/YAML-ready dict (tuples as lists).
+        """Plain JSON/YAML-ready dict (tuples as lists), in the fields' order.
 
         Args:
             redact: apply `pipelines.redaction.redact_config` (secret-looking values such as storage
                 options' keys, secrets and tokens become "<redacted>", URLs lose their user:password):
                 use it for anything written to files or logs.
         """
-        out = _plain(dataclasses.asdict(self))
-        del out["infer_from_data"]  # not a setting: the resolved values are in `model`
+        out = self.model_dump(mode="json")
         return redact_config(out) if redact else out
 
 
@@ -430,7 +453,7 @@ def data_name(data: DataConfig) -> str:
     """
     if data.source not in URL_SOURCES or not data.path:
         return data.source
-    last = data.path.split("://", 1)[-1].rstrip("/").rsplit("/", 1)[-1]
+    last = basename(data.path.split("://", 1)[-1])
     if last.lower().endswith(".parquet"):
         last = last[: -len(".parquet")]
     name = _UNSAFE_NAME_CHARS.sub("_", last).strip("._-")
@@ -447,109 +470,6 @@ def absolute_local(path: str) -> str:
     if "://" in path:
         return path
     return os.path.abspath(os.path.expanduser(path))
-
-
-def redact_secrets(options: Any) -> Any:
-    """Copy of `options` safe to store: `pipelines.redaction.redact_config` (kept for existing callers)."""
-    return redact_config(options)
-
-
-# ---------------------------------------------------------------------------------------- builder
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check `value` against the annotation `tp`; convert lists to tuples and ints to floats."""
-    origin, args = get_origin(tp), get_args(tp)
-    if tp is Any:
-        return value
-    if origin in (Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        if float in args:
-            _check_finite(value, key)
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return _coerce(value, arg, key)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{key}={value!r}: expected {_type_name(tp)}")
-    if origin is Literal:
-        if value in args:
-            return value
-        raise ConfigError(f"{key}={value!r}: use one of {list(args)}")
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping of settings, got {value!r}")
-        return build(tp, value, key)
-    if origin is tuple:
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"{key}={value!r}: expected a list")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
-        if len(value) != len(args):
-            raise ConfigError(f"{key}={value!r}: expected a list of {len(args)} values")
-        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}={value!r}: expected a mapping")
-        vt = args[1] if args else Any
-        return {str(k): _coerce(v, vt, f"{key}.{k}") for k, v in value.items()}
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif tp is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            _check_finite(value, key)
-            return float(value)
-    elif tp is str:
-        if isinstance(value, str):
-            return value
-    else:
-        return value
-    raise ConfigError(f"{key}={value!r}: expected {_type_name(tp)}")
-
-
-def _check_finite(value: Any, key: str) -> None:
-    """A float setting must be a finite number: YAML's .inf/.nan would pass every "> 0" check."""
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ConfigError(f"{key}={value!r}: give a finite number (not inf or nan)")
-
-
-def build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
-    """Build dataclass `cls` from a (nested) dict, rejecting unknown keys and wrong types.
-
-    Args:
-        cls: a dataclass type.
-        data: its settings; missing keys keep their defaults.
-        prefix: dotted path of `cls` in the whole config, for messages ("train").
-
-    Returns:
-        An instance of `cls` (which then runs its own validation).
-    """
-    hints = get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls) if f.init]
-    unknown = sorted(set(data) - set(names))
-    if unknown:
-        where = f"{prefix}." if prefix else ""
-        raise ConfigError(
-            f"unknown config key(s) {[where + k for k in unknown]}: valid keys under "
-            f"'{prefix or '<top level>'}' are {names}"
-        )
-    kwargs = {k: _coerce(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in data.items()}
-    return cls(**kwargs)
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
@@ -585,6 +505,30 @@ def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _read_yaml(path: str | Path) -> dict[str, Any]:
+    """The mapping of sections in the YAML file at `path`."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file '{path}' not found: check the path")
+    try:
+        loaded = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file '{path}' is not valid YAML: {exc}") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file '{path}' must hold a mapping of sections (data:, model:, ...)")
+    return loaded
+
+
+def _with_default_likelihood(tree: dict[str, Any]) -> dict[str, Any]:
+    """`tree` with `model.recon_loss: gaussian` when it leaves the loss unset for a non-sigmoid output:
+    Bernoulli needs [0, 1]; other ranges get the calibrated Gaussian (see default_likelihood)."""
+    model = tree.get("model")
+    if isinstance(model, dict) and "recon_loss" not in model:
+        if model.get("output_activation", "sigmoid") != "sigmoid":
+            return _merge(tree, {"model": {"recon_loss": "gaussian"}})
+    return tree
+
+
 def load_config(
     path: str | Path | None = None,
     overrides: list[str] | None = None,
@@ -604,38 +548,24 @@ def load_config(
     Raises:
         ConfigError: unknown key, wrong type or invalid value (the message names the key).
     """
-    tree: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file '{path}' not found: check the path")
-        try:
-            loaded = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file '{path}' is not valid YAML: {exc}") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file '{path}' must hold a mapping of sections (data:, model:, ...)")
-        tree = loaded
+    tree = _read_yaml(path) if path is not None else {}
     if settings:
         if not isinstance(settings, dict):
             raise ConfigError(f"config settings must be a mapping of sections, got {type(settings).__name__}")
         tree = _merge(tree, settings)
     tree = _merge(tree, parse_overrides(overrides or []))
-    model = tree.get("model") or {}
-    if "recon_loss" not in model and model.get("output_activation", "sigmoid") != "sigmoid":
-        # Bernoulli needs [0, 1]; other ranges get the calibrated Gaussian (see default_likelihood).
-        tree = _merge(tree, {"model": {"recon_loss": "gaussian"}})
-    cfg = build(PipelineConfig, tree)
-    given = tree.get("model") or {}
+    tree = _with_default_likelihood(tree)
+    cfg = PipelineConfig.from_dict(tree)
+    given = tree.get("model") if isinstance(tree.get("model"), dict) else {}
     cfg.infer_from_data = tuple(key for key in ("image_size", "channels", "recon_loss") if key not in given)
     return cfg
 
 
-def save_config(cfg: PipelineConfig) -> str:
+def config_yaml(cfg: PipelineConfig) -> str:
     """The merged config as YAML text, secrets redacted (written next to the outputs by each stage)."""
     return yaml.safe_dump(cfg.to_dict(redact=True), sort_keys=False)
 
 
 def config_from_dict(data: dict[str, Any]) -> PipelineConfig:
-    """Inverse of `PipelineConfig.to_dict` (strict)."""
-    return build(PipelineConfig, data)
+    """Inverse of `PipelineConfig.to_dict` (strict: every key known, every value valid)."""
+    return PipelineConfig.from_dict(data)

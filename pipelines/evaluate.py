@@ -8,6 +8,7 @@ import torch
 
 from pipelines.config import PipelineConfig
 from pipelines.data.imageset import ImageSet
+from pipelines.data.split import HeldOut
 from pipelines.errors import DataError, ModelError
 from vae.io import ModelFileError, load_model, read_model_config
 from vae.model import VAE
@@ -139,5 +140,5 @@ def evaluate_saved_model(cfg: PipelineConfig, data: ImageSet, model_dir: str | N
     except ModelFileError as exc:  # a PipelineError, so the flow does not retry it
         raise ModelError(str(exc)) from None
     check_model_fits_data(model, recorded, data, where)
-    train, heldout = data.split(cfg.train.val_fraction, seed=cfg.train.seed)
+    train, heldout = data.split(*HeldOut.of(cfg.train))
     return quality_report(model, train, heldout if len(heldout) else train, seed=cfg.train.seed)

@@ -20,11 +20,10 @@ if TYPE_CHECKING:
     from pipelines.config import PipelineConfig
 
 
-def _shape_overrides(cfg: PipelineConfig, inferred: tuple[str, ...]) -> list[str]:
-    """Dotted overrides fixing what was inferred from the data, so the flow does not infer it again."""
-    import json
-
-    return [f"model.{key}={json.dumps(getattr(cfg.model, key))}" for key in inferred]
+def _inferred_model(cfg: PipelineConfig, inferred: tuple[str, ...]) -> dict[str, Any] | None:
+    """The flow's `model` parameter fixing what was inferred from the data (`{"channels": 1, ...}`),
+    so that the flow does not infer it again; None when nothing was."""
+    return {key: getattr(cfg.model, key) for key in inferred} or None
 
 
 def _start_prefect(errors: list[BaseException]) -> None:
@@ -38,9 +37,11 @@ def _start_prefect(errors: list[BaseException]) -> None:
             try:
                 st.note(start_temporary_server() or "")
             except RuntimeError as exc:
+                from pipelines.storage import first_line  # fsspec: only on this error
+
                 raise PipelineError(
                     f"Prefect's temporary server did not answer within {STARTUP_TIMEOUT_S} s "
-                    f"({str(exc).splitlines()[0]}): start one with `prefect server start` and set "
+                    f"({first_line(exc)}): start one with `prefect server start` and set "
                     "PREFECT_API_URL=http://127.0.0.1:4200/api"
                 ) from None
     except BaseException as exc:  # handed to the main thread
@@ -90,8 +91,9 @@ def run_pipeline(config_path: str | None, overrides: list[str]) -> dict[str, Any
     from pipelines.flow import augmentation_flow
 
     quiet_prefect_console()  # after Prefect configured its logging
-    fixed = [*overrides, *_shape_overrides(cfg, inferred)]
-    return augmentation_flow(config_path=config_path, overrides=fixed)
+    return augmentation_flow(
+        config_path=config_path, overrides=list(overrides), model=_inferred_model(cfg, inferred)
+    )
 
 
 __all__ = ["run_pipeline"]

@@ -2,12 +2,16 @@
 
 A re-run with the same data, training settings and training code reuses the exported model instead
 of training again. The record lives at `<root>/train/<key>.json`, where root is `flow.result_storage`
-or `<output_dir>/.cache` (local path or fsspec URL).
+or `<output_dir>/.cache` (local path or fsspec URL); `TrainingCache` is the flow's handle on it.
 
-Why not Prefect's result persistence: its results are pickled by default, and a stored result record
-names its own serializer, so a record planted in shared storage can ask for pickle whatever serializer
-we configure, and loading it runs code. What is read back here is plain JSON data, checked field by
-field; a record that does not check out is ignored with a one-line warning and training runs again.
+Why not Prefect's result cache (a task `cache_key_fn` over the same key): Prefect only looks a cached
+result up when it persists results (`persist_result=False` turns any cache policy off), and reading
+one back loads it with the serializer the stored record names, so a record planted in shared storage
+can ask for pickle whatever serializer we configure, and loading it runs code. Nor can a Prefect cache
+hit check that the model still has the recorded checksum. So the key is computed by
+`training_cache_key` (what a `cache_key_fn` would compute) and what is read back here is plain JSON
+data, checked field by field; a record that does not check out is ignored with a one-line warning and
+training runs again.
 """
 
 from __future__ import annotations
@@ -22,11 +26,14 @@ import re
 import uuid
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
-
-import fsspec
+from typing import TYPE_CHECKING, Any
 
 from pipelines.console import console
+from pipelines.storage import first_line, join, open_url
+
+if TYPE_CHECKING:
+    from pipelines.config import PipelineConfig
+    from pipelines.training.export import TrainResult
 
 #: Bumped when the record's fields or the key's recipe change (older records then miss the cache).
 FORMAT_VERSION = 1
@@ -77,9 +84,39 @@ class TrainingRecord:
         """
         return json.dumps(asdict(self), sort_keys=True, indent=1, allow_nan=False)
 
-    def summary(self) -> dict[str, Any]:
-        """The record as a plain dict (what the flow's summary and artifacts read)."""
-        return asdict(self)
+    @classmethod
+    def of(cls, result: TrainResult, data_fingerprint: str, key: str) -> TrainingRecord:
+        """The record of a training that just ran.
+
+        Args:
+            result: the export's result; a Ray Train run's (`DistributedTrainResult`) also names
+                its run and the node of each worker (local training and a Ray Job's have none).
+            data_fingerprint: `ImageSet.fingerprint()` of the data trained on.
+            key: the `training_cache_key` it is stored under.
+        """
+        from pipelines.training.ray_train import DistributedTrainResult
+
+        run = result if isinstance(result, DistributedTrainResult) else None
+        return cls(
+            model_dir=result.model_dir,
+            sha256=result.sha256,
+            history=list(result.history),
+            grid_path=result.grid_path,
+            data_fingerprint=data_fingerprint,
+            key=key,
+            worker_nodes=[w.get("node_id") for w in run.workers] if run else [],
+            run_name=(run.run_name or None) if run else None,
+            run_dir=(run.run_dir or None) if run else None,
+        )
+
+    def model_unchanged(self) -> bool:
+        """Whether the recorded model is still there with the recorded checksum."""
+        from vae.io import ModelFileError, model_checksum
+
+        try:
+            return model_checksum(self.model_dir) == self.sha256
+        except (ModelFileError, OSError):
+            return False
 
     @classmethod
     def from_json(cls, text: str) -> TrainingRecord:
@@ -97,7 +134,7 @@ class TrainingRecord:
         try:
             raw = json.loads(text, parse_constant=_reject_constant)
         except ValueError as exc:  # JSONDecodeError, and NaN/Infinity
-            raise RecordError(f"not a JSON record ({str(exc).splitlines()[0]})") from None
+            raise RecordError(f"not a JSON record ({first_line(exc)})") from None
         return cls.from_dict(raw)
 
     @classmethod
@@ -174,6 +211,20 @@ def package_version() -> str:
         return "unknown"
 
 
+def training_inputs(cfg: PipelineConfig) -> dict[str, Any]:
+    """The config sections that determine the trained model (the key's inputs).
+
+    Redacted: the key is derived from them and secrets must not reach anything derived or stored.
+    """
+    full = cfg.to_dict(redact=True)
+    return {k: full[k] for k in ("data", "model", "train", "conditional", "output_dir")}
+
+
+def training_cache_key(cfg: PipelineConfig, data_fingerprint: str) -> str:
+    """The training's cache key: `training_key` over this data and this config's training sections."""
+    return training_key(training_inputs(cfg), data_fingerprint)
+
+
 def training_key(inputs: dict[str, Any], data_fingerprint: str) -> str:
     """The cache key: sha256 over the data fingerprint, the training inputs, version and code.
 
@@ -197,8 +248,45 @@ def training_key(inputs: dict[str, Any], data_fingerprint: str) -> str:
 
 def record_path(result_storage: str | None, output_dir: str, key: str) -> str:
     """`<result_storage or <output_dir>/.cache>/train/<key>.json`."""
-    root = result_storage if result_storage is not None else output_dir.rstrip("/") + "/.cache"
-    return f"{root.rstrip('/')}/train/{key}.json"
+    root = result_storage if result_storage is not None else join(output_dir, ".cache")
+    return join(root, "train", f"{key}.json")
+
+
+@dataclass(frozen=True)
+class TrainingCache:
+    """The flow's training cache for one run: where its record lives and what it must match.
+
+    Args:
+        path: the record's location (`record_path`).
+        key: `training_cache_key` of this data and config.
+        data_fingerprint: `ImageSet.fingerprint()` of this run's data.
+        model_dir: where this config's model lives.
+    """
+
+    path: str
+    key: str
+    data_fingerprint: str
+    model_dir: str
+
+    @classmethod
+    def open(cls, cfg: PipelineConfig, data_fingerprint: str) -> TrainingCache:
+        """The cache of `cfg`'s training on data with this fingerprint."""
+        key = training_cache_key(cfg, data_fingerprint)
+        assert cfg.output_dir is not None  # set by PipelineConfig.__post_init__
+        path = record_path(cfg.flow.result_storage, cfg.output_dir, key)
+        return cls(path=path, key=key, data_fingerprint=data_fingerprint, model_dir=cfg.model_dir)
+
+    def lookup(self) -> TrainingRecord | None:
+        """The stored record whose model is still there unchanged, else None (training must run)."""
+        record = load_record(self.path, self.key, self.data_fingerprint, self.model_dir)
+        if record is not None and not record.model_unchanged():
+            console.line(f"cached model at {record.model_dir} is gone or changed: retraining")
+            return None
+        return record
+
+    def store(self, record: TrainingRecord) -> None:
+        """Store the record of a training that just ran (a warning when it cannot be stored)."""
+        save_record(self.path, record)
 
 
 # ---------------------------------------------------------------------------- reading, writing
@@ -214,7 +302,7 @@ def load_record(path: str, key: str, data_fingerprint: str, model_dir: str) -> T
     Returns:
         The record, or None: training must run.
     """
-    fs, local = fsspec.core.url_to_fs(path)
+    fs, local = open_url(path)
     try:
         with fs.open(local, "rb") as f:
             blob = f.read(MAX_RECORD_BYTES + 1)
@@ -234,7 +322,7 @@ def load_record(path: str, key: str, data_fingerprint: str, model_dir: str) -> T
         _require(record.key == key, "key", "this run's key (the file was copied or renamed)")
         _require(record.data_fingerprint == data_fingerprint, "data_fingerprint", "this data's")
         _require(record.model_dir == model_dir, "model_dir", f"this config's {model_dir}")
-        _require(record.grid_path.startswith(model_dir.rstrip("/") + "/"), "grid_path", "in model_dir")
+        _require(record.grid_path.startswith(join(model_dir, "")), "grid_path", "in model_dir")
     except RecordError as exc:
         _warn(path, _one_line(exc))
         return None
@@ -251,7 +339,7 @@ def save_record(path: str, record: TrainingRecord) -> None:
     except ValueError as exc:  # a non-finite loss: the model is not worth reusing
         console.line(f"warning: training cache not written: {_one_line(exc)}")
         return
-    fs, local = fsspec.core.url_to_fs(path)
+    fs, local = open_url(path)
     try:
         if "file" in fs.protocol:
             # readers never see a half-written record: rename is atomic within a directory
@@ -275,17 +363,19 @@ def _warn(path: str, reason: str) -> None:
 
 
 def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:300]
+    return first_line(exc)[:300]
 
 
 __all__ = [
     "FORMAT_VERSION",
     "RecordError",
+    "TrainingCache",
     "TrainingRecord",
     "code_digest",
     "load_record",
     "record_path",
     "save_record",
+    "training_cache_key",
+    "training_inputs",
     "training_key",
 ]

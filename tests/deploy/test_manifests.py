@@ -560,8 +560,8 @@ def test_deployment_parameters_fit_the_flow_and_load(name: str) -> None:
     config_path = params.get("config_path")
     assert config_path and not os.path.isabs(config_path), "config paths are relative to the repository"
     assert (REPO / config_path).is_file()
-    kwargs = {"settings": params["config"]} if params.get("config") else {}
-    cfg = load_config(REPO / config_path, params.get("overrides"), **kwargs)
+    settings = {k: v for k, v in params.items() if k not in ("config_path", "overrides") and v is not None}
+    cfg = load_config(REPO / config_path, params.get("overrides"), settings=settings)
     job_vars = dep["work_pool"].get("job_variables", {})
     if cfg.train.use_gpu:
         assert cfg.train.num_workers <= job_vars.get("gpu", 0), "one GPU per Ray Train worker in the pod"

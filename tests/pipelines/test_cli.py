@@ -95,26 +95,6 @@ def test_evaluate_measures_the_usefulness_of_a_dataset(tmp_path, capsys, single_
     assert (tmp_path / "model" / "judge" / "judge.json").is_file()
 
 
-def test_usefulness_lines_name_the_figures_the_curation_and_the_picture():
-    from pipelines.stages import usefulness_lines
-
-    acc = {c: [0.8, 0.8] for c in ("real", "real+classic", "real+synth", "real+synth+classic")}
-    report = {
-        "class_names": ["a", "b"], "label_fidelity": 0.9, "fidelity_per_class": {}, "confidence": 0.8,
-        "cas": 0.95, "accuracy": {**acc, "synth": [0.7]}, "gain": 0.0, "frechet": 2.0, "frechet_floor": 1.0,
-        "images": {"train": 100, "heldout": 500, "synthetic": 100}, "recipe": {"steps": 10}, "seeds": 2,
-    }  # fmt: skip
-    curation = {"threshold": 0.5, "per_class": {"a": {"acceptance_rate": 0.5}, "b": {"acceptance_rate": 0.7}}}
-    lines = usefulness_lines(
-        {"usefulness": report, "curation": curation, "picture_path": "/x/usefulness.png"}
-    )
-    text = "\n".join(lines)
-    assert lines[0].startswith("The synthetic set has NO MEASURABLE EFFECT")
-    assert "label fidelity 0.900" in text and "CAS 0.950" in text and "Fréchet ratio 2.00" in text
-    assert "acceptance 0.50-0.70" in text and "/x/usefulness.png" in text
-    assert usefulness_lines({"usefulness": None, "usefulness_note": "off"}) == ["usefulness: off"]
-
-
 def test_help_and_version_load_neither_torch_nor_ray_nor_prefect():
     code = """
 import contextlib, io, sys

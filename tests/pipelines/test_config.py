@@ -10,10 +10,9 @@ import yaml
 from pipelines.config import (
     PipelineConfig,
     config_from_dict,
+    config_yaml,
     load_config,
     parse_overrides,
-    redact_secrets,
-    save_config,
 )
 from vae.config import ConfigError
 
@@ -41,7 +40,7 @@ def test_yaml_then_overrides(tmp_path):
 
 def test_round_trip_through_saved_yaml():
     cfg = load_config(None, ["train.epochs=2", "model.image_size=[12, 10]", "conditional=false"])
-    again = config_from_dict(yaml.safe_load(save_config(cfg)))
+    again = config_from_dict(yaml.safe_load(config_yaml(cfg)))
     assert again == cfg
 
 
@@ -88,10 +87,9 @@ def test_secrets_never_reach_saved_config():
         None,
         ["generate.storage_options={key: AKIA123, secret: s3cr3t, client_kwargs: {region_name: eu}}"],
     )
-    text = save_config(cfg)
+    text = config_yaml(cfg)
     assert "AKIA123" not in text and "s3cr3t" not in text
     assert "eu" in text  # non-secret options are kept
-    assert redact_secrets({"token": "x", "anon": True}) == {"token": "<redacted>", "anon": True}
     assert isinstance(cfg, PipelineConfig)
 
 
@@ -145,7 +143,7 @@ def test_explicit_output_dir_wins_and_survives_a_round_trip(tmp_path):
     cfg = load_config(f)
     assert cfg.output_dir == str(Path.cwd() / "outputs/pets")
     # the saved config records the derived directory, so reloading it keeps it whatever the data
-    saved = yaml.safe_load(save_config(cfg))
+    saved = yaml.safe_load(config_yaml(cfg))
     assert saved["output_dir"] == cfg.output_dir
     saved["data"] = {"source": "digits"}
     assert config_from_dict(saved).output_dir == cfg.output_dir
@@ -185,3 +183,35 @@ def test_non_finite_floats_are_refused_from_yaml_and_saved_configs_too(tmp_path)
     data["generate"]["temperature"] = float("nan")
     with pytest.raises(ConfigError, match=r"^generate\.temperature=nan"):
         config_from_dict(data)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "model.latent_dimm=4",
+            "unknown config key(s) ['model.latent_dimm']: valid keys under 'model' are [",
+        ),
+        ("model.hidden_channels=[8.0, 16]", "model.hidden_channels[0]=8.0: expected int"),
+        ("model.image_size=16", "model.image_size=16: expected a list"),
+        ("model=5", "model: expected a mapping of settings, got 5"),
+        ("generate.per_class={a: x}", "generate.per_class.a='x': expected int"),
+        ("train.lr=0", "train.lr=0: must be in (0, 10] (Adam's step size"),
+    ],
+)
+def test_the_model_section_and_nested_keys_name_the_key(override, message):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [override])
+    assert str(info.value).startswith(message)
+
+
+def test_settings_sit_between_the_file_and_the_overrides_and_sections_may_be_partial(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("train: {epochs: 7, lr: 0.01}\nmodel: {latent_dim: 4}\n")
+    cfg = load_config(f, ["train.epochs=3"], settings={"train": {"epochs": 5, "batch_size": 64}})
+    assert (cfg.train.epochs, cfg.train.lr, cfg.train.batch_size) == (3, 0.01, 64)
+    assert cfg.train.min_steps == 3000 and cfg.model.latent_dim == 4  # the rest: file or defaults
+    assert cfg.infer_from_data == ("image_size", "channels", "recon_loss")
+    again = config_from_dict(cfg.to_dict())
+    assert again == cfg and again.infer_from_data == ()  # bookkeeping: neither compared nor saved
+    assert "infer_from_data" not in cfg.to_dict()

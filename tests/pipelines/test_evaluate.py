@@ -84,3 +84,44 @@ def test_a_missing_model_is_a_pipeline_error(tmp_path):
     with pytest.raises(ModelError, match="no saved model") as info:
         evaluate_saved_model(cfg, load_data(cfg), str(tmp_path / "nothing"))
     assert isinstance(info.value, PipelineError)
+
+
+def test_quality_report_of_a_trained_model_on_its_held_out_split(single_torch_thread):
+    """`quality_report` on a tiny VAE trained on 480 digits: the held-out figures are the ones training
+    measured last, reconstructions beat the mean image (an untrained model's do not), and noise
+    reconstructs far worse than held-out digits."""
+    import math
+
+    import torch
+
+    from pipelines.data import ImageSet, load_images
+    from pipelines.data.split import HeldOut
+    from pipelines.evaluate import quality_report
+    from pipelines.training.local import fit_local
+    from vae.model import VAE
+
+    tiny = ["model.hidden_channels=[8,16]", "model.latent_dim=4"]
+    quick = ["train.epochs=8", "train.batch_size=32", "train.min_steps=400", "train.backend=local"]
+    cfg = load_config(None, ["data.limit=600", "train.val_fraction=0.2", "train.seed=0", *tiny, *quick])
+    data = load_images(cfg.data, cfg.model)
+    model, history, _ = fit_local(cfg, data, export=False)
+    train, heldout = data.split(*HeldOut.of(cfg.train))
+    report = quality_report(model, train, heldout, seed=cfg.train.seed)
+
+    assert report.images == len(heldout) == 120 and report.latent_dim == 4
+    assert all(math.isfinite(v) for v in report.to_dict().values())
+    assert report.heldout_loss == pytest.approx(history[-1]["val_loss"], rel=1e-6)  # training's own figure
+    assert report.heldout_loss == pytest.approx(report.heldout_recon + report.heldout_kl, rel=1e-5)  # beta 1
+    assert 0 <= report.active_latents <= 4
+    assert report.recon_mse < 0.6 * report.mean_image_mse and report.recon_vs_mean < 0.6
+    assert quality_report(model, train, heldout, seed=cfg.train.seed) == report  # seeded: repeatable
+
+    torch.manual_seed(0)
+    untrained = quality_report(VAE(model.cfg), train, heldout, seed=cfg.train.seed)
+    assert untrained.mean_image_mse == report.mean_image_mse  # the baseline depends on the data only
+    assert untrained.recon_vs_mean > 1 and untrained.heldout_loss > 1.5 * report.heldout_loss
+
+    pixels = torch.rand(len(heldout), 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    noise = ImageSet(pixels, heldout.labels, heldout.class_names, heldout.ids)
+    on_noise = quality_report(model, train, noise, seed=cfg.train.seed)
+    assert on_noise.recon_mse > 4 * report.recon_mse and on_noise.heldout_loss > 3 * report.heldout_loss

@@ -64,7 +64,7 @@ def test_flow_commits_dataset_publishes_artifacts_and_caches_training(tmp_path, 
     from pipelines.flow import augmentation_flow
 
     settings = _settings(tmp_path)
-    state = augmentation_flow(config=settings, return_state=True)
+    state = augmentation_flow(**settings, return_state=True)
     first = state.result()
     assert first["training_cached"] is False
     assert any(line.startswith("done   train ") for line in _run_logs(state.state_details.flow_run_id))
@@ -89,14 +89,14 @@ def test_flow_commits_dataset_publishes_artifacts_and_caches_training(tmp_path, 
 
     # Same data and training config, different sampling: the model comes from the cache.
     settings["generate"].update({"seed": 1, "if_exists": "overwrite"})
-    second = augmentation_flow(config=settings)
+    second = augmentation_flow(**settings)
     assert second["training_cached"] is True
     assert second["model_sha256"] == first["model_sha256"]
     assert second["rows"] == 340
 
     # A training change invalidates the cache.
     settings["train"]["lr"] = 0.001
-    third = augmentation_flow(config=settings)
+    third = augmentation_flow(**settings)
     assert third["training_cached"] is False
 
 
@@ -108,7 +108,7 @@ def test_flow_writes_everything_to_s3(tmp_path, ray_session, s3):
     settings = _settings(tmp_path, output_dir=f"s3://{bucket}/job")
     settings["train"]["storage_path"] = f"s3://{bucket}/runs"
     settings["flow"]["result_storage"] = f"s3://{bucket}/prefect-results"
-    summary = augmentation_flow(config=settings)
+    summary = augmentation_flow(**settings)
     assert summary["dataset_dir"].startswith(f"s3://{bucket}/job")
     assert open_dataset(summary["dataset_dir"]).rows == 340
     import s3fs
@@ -133,7 +133,7 @@ def test_bad_config_fails_before_any_work(tmp_path, settings, words):
 
     settings = {**settings, "output_dir": str(tmp_path / "never")}
     with pytest.raises(ConfigError, match=words.replace(".", r"\.")):
-        augmentation_flow(config=settings)
+        augmentation_flow(**settings)
     assert not (tmp_path / "never").exists()  # nothing was written, no stage started
 
 

@@ -29,7 +29,7 @@ def test_rerun_onto_a_committed_dataset_fails_fast_without_training(tmp_path):
     before = snapshot(tmp_path)
     t0 = time.perf_counter()
     with pytest.raises(StorageError, match=r"generate\.if_exists"):
-        augmentation_flow(config=settings)
+        augmentation_flow(**settings)
     assert time.perf_counter() - t0 < 10, "a user error waited for retries"
     runs = tmp_path / "runs"
     assert not runs.exists() or not any(runs.iterdir()), "training started"

@@ -30,7 +30,7 @@ def test_flow_runs_across_two_nodes(tmp_path):
         cluster.wait_for_nodes()
         from pipelines.flow import augmentation_flow
         from pipelines.readers import open_dataset
-        summary = augmentation_flow(config={{
+        summary = augmentation_flow(**{{
             "model": {{"hidden_channels": [16, 32], "latent_dim": 8}},
             "report": {{"enabled": False}},
             "train": {{"epochs": 1, "min_steps": 0, "batch_size": 64, "num_workers": 2, "cpus_per_worker": 1,

@@ -16,10 +16,13 @@ import pytest
 
 from pipelines.training_cache import (
     FORMAT_VERSION,
+    TrainingCache,
     TrainingRecord,
     load_record,
     record_path,
     save_record,
+    training_cache_key,
+    training_inputs,
     training_key,
 )
 from tests.pipelines.test_flow import _settings as flow_settings
@@ -87,7 +90,6 @@ def test_record_round_trips_through_a_local_file(tmp_path):
     stored = json.loads(Path(path).read_text())  # plain JSON on disk
     assert stored["format"] == FORMAT_VERSION and stored["history"][0]["epoch"] == 1
     assert [p.name for p in Path(path).parent.iterdir()] == [f"{HEX_C}.json"]  # no temp file left
-    assert record.summary()["worker_nodes"] == ["node-1", None]
 
 
 def test_record_round_trips_through_s3(s3):
@@ -167,11 +169,10 @@ def test_a_non_finite_history_is_not_written(tmp_path, capsys):
 
 def test_key_follows_data_and_settings_but_not_secrets(tmp_path):
     from pipelines.config import load_config
-    from pipelines.flow import _training_inputs
 
     def inputs(*overrides: str) -> dict:
         base = [f"output_dir={tmp_path}", "data.storage_options.secret=hunter2"]
-        return _training_inputs(load_config(None, [*base, *overrides]))
+        return training_inputs(load_config(None, [*base, *overrides]))
 
     plain = inputs()
     secret_cfg = load_config(None, [f"output_dir={tmp_path}", "data.storage_options.secret=hunter2"])
@@ -182,6 +183,52 @@ def test_key_follows_data_and_settings_but_not_secrets(tmp_path):
     assert training_key(inputs("data.storage_options.secret=other"), HEX_B) == key
     assert training_key(plain, HEX_A) != key
     assert training_key(inputs("train.lr=0.001"), HEX_B) != key
+
+
+def test_cache_keys_its_record_by_data_and_training_sections(tmp_path):
+    from pipelines.config import load_config
+
+    cfg = load_config(None, [f"output_dir={tmp_path / 'job'}"])
+    cache = TrainingCache.open(cfg, HEX_B)
+    assert cache.key == training_cache_key(cfg, HEX_B) == training_key(training_inputs(cfg), HEX_B)
+    assert cache.path == f"{tmp_path}/job/.cache/train/{cache.key}.json"
+    assert cache.model_dir == cfg.model_dir and cache.data_fingerprint == HEX_B
+    elsewhere = load_config(None, [f"output_dir={tmp_path / 'job'}", f"flow.result_storage={tmp_path}/r/"])
+    assert TrainingCache.open(elsewhere, HEX_B).path == f"{tmp_path}/r/train/{cache.key}.json"
+    assert TrainingCache.open(cfg, HEX_A).key != cache.key
+
+
+def test_cache_reuses_a_model_only_while_it_has_the_recorded_checksum(tmp_path, capsys):
+    from pipelines.training.export import GRID_FILE, TrainResult
+    from tests.pipelines.generate.helpers import save_tiny_model
+    from vae.io import model_checksum
+
+    model_dir = save_tiny_model(tmp_path / "model", conditional=False)
+    cache = TrainingCache(str(tmp_path / "cache" / "r.json"), HEX_C, HEX_B, model_dir)
+    assert cache.lookup() is None  # nothing stored yet
+    result = TrainResult(model_dir, model_checksum(model_dir), [{"epoch": 1.0}], f"{model_dir}/{GRID_FILE}")
+    record = TrainingRecord.of(result, HEX_B, HEX_C)
+    assert (record.worker_nodes, record.run_name, record.run_dir) == ([], None, None)  # not Ray Train
+    cache.store(record)
+    assert cache.lookup() == record and capsys.readouterr().out == ""
+
+    save_tiny_model(tmp_path / "model", conditional=False, seed=1)  # other weights, same place
+    assert cache.lookup() is None
+    assert f"cached model at {model_dir} is gone or changed: retraining" in capsys.readouterr().out
+    (tmp_path / "model" / "model.safetensors").unlink()
+    assert cache.lookup() is None
+
+
+def test_record_of_a_ray_train_run_names_the_run_and_the_worker_nodes():
+    from pipelines.training.ray_train import DistributedTrainResult
+
+    result = DistributedTrainResult(
+        MODEL_DIR, HEX_A, [], MODEL_DIR + "/samples.png", run_name="vae-1", run_dir="/runs/vae-1",
+        workers=[{"rank": 0, "node_id": "n1"}, {"rank": 1}],
+    )  # fmt: skip
+    record = TrainingRecord.of(result, HEX_B, HEX_C)
+    assert (record.worker_nodes, record.run_name, record.run_dir) == (["n1", None], "vae-1", "/runs/vae-1")
+    assert (record.key, record.data_fingerprint, record.sha256) == (HEX_C, HEX_B, HEX_A)
 
 
 # ----------------------------------------------------------------------------------- the flow
@@ -196,13 +243,13 @@ def test_flow_ignores_planted_pickles_then_reuses_its_own_record(tmp_path, capsy
     from pipelines import stages
     from pipelines.checks import check_job
     from pipelines.config import load_config
-    from pipelines.flow import _training_inputs, augmentation_flow
+    from pipelines.flow import augmentation_flow
 
     # test_flow's small job; local training and no usefulness report keep the two runs short
     settings = flow_settings(tmp_path, report={"enabled": False}, train={"backend": "local"})
     cfg = load_config(None, None, settings=settings)
     check_job(cfg)  # resolves the data's shape, as the flow does before keying
-    key = training_key(_training_inputs(cfg), stages.load_data(cfg).fingerprint())
+    key = training_cache_key(cfg, stages.load_data(cfg).fingerprint())
     marker = tmp_path / "marker"
     payloads = _payloads(marker)
     record = tmp_path / "prefect-results" / "train" / f"{key}.json"  # flow.result_storage
@@ -218,7 +265,7 @@ def test_flow_ignores_planted_pickles_then_reuses_its_own_record(tmp_path, capsy
 
     with temporary_settings({PREFECT_LOCAL_STORAGE_PATH: prefect_dirs[0]}):
         capsys.readouterr()
-        first = augmentation_flow(config=settings)
+        first = augmentation_flow(**settings)
         out = capsys.readouterr().out
         assert not marker.exists(), "a planted payload was executed"
         assert first["training_cached"] is False
@@ -226,7 +273,7 @@ def test_flow_ignores_planted_pickles_then_reuses_its_own_record(tmp_path, capsy
         assert TrainingRecord.from_json(record.read_text()).sha256 == first["model_sha256"]
 
         settings["generate"].update({"seed": 1, "if_exists": "overwrite"})
-        second = augmentation_flow(config=settings)
+        second = augmentation_flow(**settings)
         out = capsys.readouterr().out
         assert second["training_cached"] is True
         assert second["model_sha256"] == first["model_sha256"]

@@ -1,0 +1,194 @@
+"""The import graph reads like the folders: layers from the model up to the CLI, no cycles.
+
+Every import counts, function-local and `TYPE_CHECKING` ones included: a lazy import still ties two
+modules together, and a cycle through one is still a cycle a reader has to untangle.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("vae", "pipelines")
+
+#: Lower layers never import higher ones. A module may import its own layer (acyclically) and below.
+#: A prefix ending in "." places a whole package.
+LAYERS: list[tuple[str, ...]] = [
+    ("vae.",),  # the model: imports nothing from pipelines
+    (  # contracts and helpers every stage shares
+        "pipelines.errors",
+        "pipelines.redaction",
+        "pipelines.storage",
+        "pipelines.dataset_format",
+        "pipelines.console",
+        "pipelines.procfs",
+        "pipelines.sections",
+        "pipelines.data.config",
+        "pipelines.config",
+    ),
+    (
+        "pipelines.data.",
+        "pipelines.visualize",
+        "pipelines.raycluster",
+        "pipelines.watchdog",
+        "pipelines.prefect_server",
+    ),
+    ("pipelines.training.", "pipelines.usefulness.", "pipelines.evaluate"),
+    ("pipelines.generate.", "pipelines.readers."),  # readers never import the writer (checked below)
+    (
+        "pipelines.checks",
+        "pipelines.stages",
+        "pipelines.inspect",
+        "pipelines.rayjob",
+        "pipelines.training_cache",
+    ),
+    ("pipelines.flow", "pipelines.schedule", "pipelines.launch", "pipelines.cli", "pipelines.__main__"),
+]
+
+
+def _modules() -> dict[str, Path]:
+    found = {}
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            name = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+            found[name.removesuffix(".__init__")] = path
+    return found
+
+
+MODULES = _modules()
+
+
+def _imports(name: str, path: Path) -> set[str]:
+    """The modules of ours that `name` imports anywhere in its body (a package counts as its __init__)."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: climb from this module's package
+                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*parts, base] if base else parts)
+            targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in MODULES else base for a in node.names]
+        else:
+            continue
+        out.update(t for t in targets if t in MODULES and t != name)
+    return out
+
+
+GRAPH = {name: _imports(name, path) for name, path in MODULES.items()}
+
+
+def _layer(name: str) -> int | None:
+    for number, members in enumerate(LAYERS):
+        if any(name == m or (m.endswith(".") and name.startswith(m)) for m in members):
+            return number
+    if name in PACKAGES:  # the empty top-level packages
+        return 0
+    if name.count(".") == 1 and name + "." in {m for layer in LAYERS for m in layer}:
+        return _layer(name + ".x")  # a subpackage's __init__ sits in its package's layer
+    return None
+
+
+def test_every_module_has_a_layer() -> None:
+    unplaced = sorted(name for name in MODULES if _layer(name) is None)
+    assert not unplaced, f"place these modules in a layer of LAYERS: {unplaced}"
+
+
+def test_no_module_imports_a_higher_layer() -> None:
+    upward = [
+        f"{name} (layer {_layer(name)}) imports {target} (layer {_layer(target)})"
+        for name, targets in GRAPH.items()
+        for target in sorted(targets)
+        if (_layer(target) or 0) > (_layer(name) or 0)
+    ]
+    assert not upward, "\n".join(upward)
+
+
+def test_the_model_imports_nothing_from_the_pipelines() -> None:
+    leaks = [
+        f"{n} -> {t}"
+        for n, ts in GRAPH.items()
+        if n.startswith("vae")
+        for t in ts
+        if t.startswith("pipelines")
+    ]
+    assert not leaks
+
+
+def test_readers_do_not_import_the_writer() -> None:
+    leaks = [
+        f"{n} -> {t}"
+        for n, ts in GRAPH.items()
+        if n.startswith("pipelines.readers")
+        for t in ts
+        if t.startswith("pipelines.generate")
+    ]
+    assert not leaks
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+    for start in graph:
+        if start in index:
+            continue
+        work = [(start, iter(sorted(graph[start])))]
+        index[start] = low[start] = len(index)
+        stack.append(start)
+        on_stack.add(start)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(graph[child]))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    found.append(sorted(component))
+    return found
+
+
+def test_the_import_graph_has_no_cycle() -> None:
+    assert _cycles(GRAPH) == []
+
+
+@pytest.mark.parametrize(
+    ("graph", "expected"),
+    [
+        ({"a": {"b"}, "b": {"c"}, "c": set()}, []),
+        ({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}, [["a", "b", "c"]]),
+        ({"a": {"b"}, "b": {"a"}, "c": {"d"}, "d": {"c"}}, [["a", "b"], ["c", "d"]]),
+    ],
+)
+def test_cycle_finder(graph: dict[str, set[str]], expected: list[list[str]]) -> None:
+    assert sorted(_cycles(graph)) == expected
+
+
+def test_the_graph_sees_local_imports() -> None:
+    # pipelines.cli imports the stages inside its commands only: the graph must still hold the edge.
+    assert "pipelines.stages" in GRAPH["pipelines.cli"]
