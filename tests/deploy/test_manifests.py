@@ -462,9 +462,22 @@ def test_rayjob_entrypoint_is_the_cli_with_a_valid_config() -> None:
 
 @pytest.mark.parametrize("path", sorted((DEPLOY / "configs").glob("*.yaml")), ids=_rel)
 def test_example_configs_load(path: Path) -> None:
-    from pipelines.config import load_config
+    """Every value the file sets is what the loaded config holds (local paths made absolute)."""
+    from pipelines.config import absolute_local, load_config
 
-    load_config(path)
+    def leaves(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out.update(leaves(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key: value})
+        return out
+
+    given = leaves(_load(path))
+    loaded = leaves(load_config(path).to_dict())
+    assert given and set(given) <= set(loaded)
+    for key, value in given.items():
+        path_like = isinstance(value, str) and (key.endswith(("path", "output", "output_dir", "storage")))
+        expected = absolute_local(value) if path_like else value
+        assert loaded[key] == expected, f"{key}: file has {value!r}, config holds {loaded[key]!r}"
 
 
 # ------------------------------------------------------------------------------------ Prefect
