@@ -96,22 +96,22 @@ def breakdown(model: VAE, cfg: PipelineConfig, model_dir: str) -> dict[str, floa
     """Images per CPU-second of the stages of one shard: decode, + uint8 + PNG, + Arrow/Parquet write."""
     meta = read_model_config(model_dir)
     plan = make_plan(cfg.generate, model.cfg, meta["extra"]["class_names"])
-    job, _ = _sampling_spec(cfg, model, meta, plan, None)
+    sampling, _ = _sampling_spec(cfg, model, meta, plan, None)
     spec = plan.shards[0]
-    rows = shard_rows(model, job, spec, None)
-    enc = PNGEncoder(*model.cfg.image_shape, level=job.png_compression, backend=job.png_backend)
+    rows = shard_rows(model, sampling, spec, None)
+    enc = PNGEncoder(*model.cfg.image_shape, level=sampling.png_compression, backend=sampling.png_backend)
     t = time.process_time()
-    for lo in range(0, spec.rows, job.batch_size):
-        model.decode(rows.z[lo : lo + job.batch_size], rows.labels[lo : lo + job.batch_size])
+    for lo in range(0, spec.rows, sampling.batch_size):
+        model.decode(rows.z[lo : lo + sampling.batch_size], rows.labels[lo : lo + sampling.batch_size])
     decode = spec.rows / (time.process_time() - t)
     t = time.process_time()
-    for lo in range(0, spec.rows, job.batch_size):
-        x = model.decode(rows.z[lo : lo + job.batch_size], rows.labels[lo : lo + job.batch_size])
+    for lo in range(0, spec.rows, sampling.batch_size):
+        x = model.decode(rows.z[lo : lo + sampling.batch_size], rows.labels[lo : lo + sampling.batch_size])
         enc.encode_batch(to_uint8(x, model.cfg).numpy())
     png = spec.rows / (time.process_time() - t)
     fs = fsspec.filesystem("memory")
     t = time.process_time()
-    write_shard(model, job, spec, None, fs, "/bench-shard")
+    write_shard(model, sampling, spec, None, fs, "/bench-shard")
     full = spec.rows / (time.process_time() - t)
     fs.rm("/bench-shard", recursive=True)
     return {"decode": decode, "decode+png": png, "full_shard": full, "shard_rows": spec.rows}

@@ -145,7 +145,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_inspect(args: argparse.Namespace) -> int:
     """Print a committed dataset's manifest summary, per-class counts, preview image, usefulness
     headline, schema (with class names) and quality figures."""
-    from pipelines.inspect import dataset_description, render_description
+    from pipelines.inspection import dataset_description, render_description
 
     description = dataset_description(args.dataset)
     if args.json:

@@ -13,15 +13,23 @@ import dataclasses
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, Self
+from typing import Annotated, Any, ClassVar, Literal, Self, get_type_hints
 
 import yaml
-from pydantic import BeforeValidator, ConfigDict, Field, GetJsonSchemaHandler, PrivateAttr, model_validator
+from pydantic import (
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    GetJsonSchemaHandler,
+    PrivateAttr,
+    create_model,
+    model_validator,
+)
 from pydantic.json_schema import JsonSchemaValue
 
 from pipelines.data.config import URL_SOURCES, DataConfig
 from pipelines.redaction import redact_config
-from pipelines.sections import Section, StorageOptions, describe_fields, str_keys, unknown_keys_error
+from pipelines.sections import Section, StorageOptions, describe_fields, str_keys
 from pipelines.storage import basename, join
 from vae.config import ConfigError, VAEConfig
 
@@ -303,19 +311,29 @@ class ReportConfig(Section):
     fixes: ClassVar[dict[str, str]] = {"seeds": "must be >= 1 (2 or more give a spread)"}
 
 
+def _model_settings() -> type[Section]:
+    """`VAEConfig`'s fields as a `Section` (`vae` knows nothing of pydantic): the same strict types,
+    int -> float for float fields, and one-line errors as every other section."""
+    hints = get_type_hints(VAEConfig)
+    fields = {f.name: (hints[f.name], f.default) for f in dataclasses.fields(VAEConfig)}
+    settings = create_model("ModelSettings", __base__=Section, **fields)  # type: ignore[call-overload]
+    settings.section = "model"
+    return settings
+
+
+_ModelSettings = _model_settings()
+
+
 def _model_section(value: Any) -> Any:
-    """The `model` section from a mapping: unknown keys refused by name, then `VAEConfig`'s own checks
-    (`vae` knows nothing of pydantic: its dataclass validates itself)."""
+    """The `model` section from a mapping: checked as a `Section`, then `VAEConfig`'s own checks."""
     if isinstance(value, VAEConfig):
         return value
     if not isinstance(value, dict):
         raise ConfigError(f"model: expected a mapping of settings, got {value!r}")
-    valid = [f.name for f in dataclasses.fields(VAEConfig)]
-    unknown = [key for key in value if key not in valid]
-    if unknown:
-        raise unknown_keys_error("model", unknown, valid)
-    _check_int_lists(value)
-    return VAEConfig(**value)
+    _check_int_lists(value)  # lists in a config, tuples in `VAEConfig`
+    lists = {k: tuple(v) for k, v in value.items() if k in ("image_size", "hidden_channels")}
+    checked = _ModelSettings.from_dict({**value, **lists})
+    return VAEConfig(**{name: getattr(checked, name) for name in value})
 
 
 def _check_int_lists(model: dict[str, Any]) -> None:
@@ -485,6 +503,10 @@ def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
 
 def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     """`["train.epochs=5", "model.hidden_channels=[32,64]"]` -> nested dict (values parsed as YAML)."""
+    if isinstance(overrides, str):  # e.g. a flow run's parameter typed in as one string
+        raise ConfigError(
+            f"overrides={overrides!r}: give a list of key=value strings, e.g. ['train.epochs=5']"
+        )
     tree: dict[str, Any] = {}
     for item in overrides:
         key, sep, raw = item.partition("=")

@@ -263,6 +263,7 @@ __all__ = [
     "PICTURE",
     "PREVIEW",
     "PROVENANCE_KEY",
+    "DatasetSummary",
     "LatestPointer",
     "is_committed",
     "list_entries",

@@ -143,6 +143,17 @@ def redact_config(tree: Any) -> Any:
     return tree
 
 
+def publishable_config(tree: Any) -> Any:
+    """`redact_config` of a config for what is published with a dataset (its manifest): every
+    non-empty `storage_options` becomes `REDACTED` as a whole. Endpoints, profiles and regions are no
+    credentials, but they name private infrastructure that a shared dataset need not carry."""
+    if isinstance(tree, dict):
+        return {
+            k: REDACTED if k == "storage_options" and v else publishable_config(v) for k, v in tree.items()
+        }
+    return redact_config(tree)
+
+
 def find_secrets(tree: Any, path: str = "") -> list[str]:
     """Dotted paths of the secrets in `tree` (never the values).
 
@@ -246,6 +257,7 @@ __all__ = [
     "is_secret_key",
     "is_secret_value",
     "override_secrets",
+    "publishable_config",
     "redact_config",
     "redact_overrides",
     "redact_text",

@@ -114,7 +114,7 @@ def config_error(exc: ValidationError, root: type[Section]) -> ConfigError:
     where = _locate(root, first["loc"])
     if unknown:
         parent = first["loc"][:-1]
-        names = [str(e["loc"][-1]) for e in unknown if e["loc"][:-1] == parent]
+        names = sorted(str(e["loc"][-1]) for e in unknown if e["loc"][:-1] == parent)
         return unknown_keys_error(where.key, names, list(getattr(where.annotation, "model_fields", {})))
     if first["type"] in ("model_type", "model_attributes_type"):
         return ConfigError(f"{where.key}: expected a mapping of settings, got {first['input']!r}")

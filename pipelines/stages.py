@@ -17,7 +17,6 @@ from pipelines.config import PipelineConfig, config_yaml
 from pipelines.console import console
 from pipelines.data import resolve_data_shape
 from pipelines.data.imageset import ImageSet
-from pipelines.data.split import split_sizes
 from pipelines.data.stream import load_data_for
 from pipelines.dataset_format import DATA_DIR, DatasetSummary
 from pipelines.errors import DataError, PipelineError
@@ -116,7 +115,7 @@ def save_merged_config(cfg: PipelineConfig) -> str:
     """Write the merged config (secrets redacted) to `<output_dir>/config.yaml`; returns its path."""
     from pipelines.checks import make_output_dir
 
-    assert cfg.output_dir is not None  # set by PipelineConfig.__post_init__
+    assert cfg.output_dir is not None  # set when the config is built (`PipelineConfig._resolve_paths`)
     make_output_dir(cfg.output_dir, "output_dir")  # a file there is a one-line StorageError
     fs, root = open_url(cfg.output_dir)
     fs.pipe_file(join(root, CONFIG_FILE), config_yaml(cfg).encode())
@@ -159,7 +158,7 @@ def train_stage(cfg: PipelineConfig, data: ImageSet, verbose: bool = True) -> Tr
         The export's `TrainResult` (a `DistributedTrainResult` from Ray Train).
     """
     if verbose:
-        console.line(cfg.train.budget_line(split_sizes(data.source_size, cfg.train.val_fraction)[0]))
+        console.line(cfg.train.budget_line(data.source_split_sizes(cfg.train.val_fraction)[0]))
     on_epoch = epoch_printer(cfg.train.epochs) if verbose else None
     if cfg.train.backend == "local":
         from pipelines.training.local import fit_local

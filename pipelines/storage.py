@@ -47,6 +47,13 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def last_line(exc: BaseException) -> str:
+    """Last line of an exception's message (or its type name): Ray's wrapped errors end with the
+    worker's or task's own error, after Ray's traceback."""
+    text = str(exc).strip()
+    return text.splitlines()[-1] if text else type(exc).__name__
+
+
 def open_url(url: str, storage_options: dict[str, Any] | None = None) -> tuple[AbstractFileSystem, str]:
     """The filesystem of `url` and `url` in its own notation, without a trailing slash.
 
@@ -111,6 +118,7 @@ __all__ = [
     "basename",
     "first_line",
     "join",
+    "last_line",
     "not_writable",
     "open_url",
     "probe_writable",

@@ -272,7 +272,7 @@ class TrainingCache:
     def open(cls, cfg: PipelineConfig, data_fingerprint: str) -> TrainingCache:
         """The cache of `cfg`'s training on data with this fingerprint."""
         key = training_cache_key(cfg, data_fingerprint)
-        assert cfg.output_dir is not None  # set by PipelineConfig.__post_init__
+        assert cfg.output_dir is not None  # set when the config is built (`PipelineConfig._resolve_paths`)
         path = record_path(cfg.flow.result_storage, cfg.output_dir, key)
         return cls(path=path, key=key, data_fingerprint=data_fingerprint, model_dir=cfg.model_dir)
 

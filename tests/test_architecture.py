@@ -7,6 +7,7 @@ modules together, and a cycle through one is still a cycle a reader has to untan
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 import pytest
@@ -41,7 +42,7 @@ LAYERS: list[tuple[str, ...]] = [
     (
         "pipelines.checks",
         "pipelines.stages",
-        "pipelines.inspect",
+        "pipelines.inspection",
         "pipelines.rayjob",
         "pipelines.training_cache",
     ),
@@ -80,7 +81,17 @@ def _imports(name: str, path: Path) -> set[str]:
     return out
 
 
-GRAPH = {name: _imports(name, path) for name, path in MODULES.items()}
+def _graph() -> dict[str, set[str]]:
+    """Every module's imports, plus the package __init__s they run: importing `a.b.c` runs `a.b`'s
+    first, so an __init__ that imports anything of ours (not lazily) is an edge of its own."""
+    direct = {name: _imports(name, path) for name, path in MODULES.items()}
+    for name, targets in direct.items():
+        parents = {t.rpartition(".")[0] for t in targets}
+        targets |= {p for p in parents if direct.get(p) and p != name and not name.startswith(p + ".")}
+    return direct
+
+
+GRAPH = _graph()
 
 
 def _layer(name: str) -> int | None:
@@ -192,3 +203,12 @@ def test_cycle_finder(graph: dict[str, set[str]], expected: list[list[str]]) -> 
 def test_the_graph_sees_local_imports() -> None:
     # pipelines.cli imports the stages inside its commands only: the graph must still hold the edge.
     assert "pipelines.stages" in GRAPH["pipelines.cli"]
+
+
+def test_no_module_is_named_like_the_standard_library() -> None:
+    # Prefect loads a flow's file as a script, which puts its folder (pipelines/) first on sys.path:
+    # a pipelines/inspect.py then shadowed the standard `inspect` for every process spawned later.
+    # (vae/ holds no entrypoint: its `vae.io` is only ever imported as part of the package.)
+    folder = [name for name in MODULES if name.startswith("pipelines.") and name.count(".") == 1]
+    clashes = [name for name in folder if name.rpartition(".")[2] in sys.stdlib_module_names]
+    assert not clashes, f"rename these modules: {clashes}"

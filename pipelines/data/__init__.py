@@ -9,12 +9,34 @@ a bounded sample plus the listed source that Ray Train streams (`pipelines.data.
 >>> images = load_images(DataConfig(source="digits", limit=10), VAEConfig())  # doctest: +SKIP
 """
 
-from pipelines.data.config import DEFAULT_ROOT, SOURCES, DataConfig
-from pipelines.data.decode import IMAGE_EXTENSIONS
-from pipelines.data.imageset import ImageSet
-from pipelines.data.shape import infer_data_shape, resolve_data_shape
-from pipelines.data.sources import LOADERS, load_images
-from pipelines.data.stream import load_data_for
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# Loaded on first use: importing one submodule (`config`, which `pipelines.config` needs) must not
+# pull in every source, torch and Ray Data with it.
+_LAZY = {
+    "DEFAULT_ROOT": "pipelines.data.config",
+    "SOURCES": "pipelines.data.config",
+    "DataConfig": "pipelines.data.config",
+    "IMAGE_EXTENSIONS": "pipelines.data.decode",
+    "ImageSet": "pipelines.data.imageset",
+    "infer_data_shape": "pipelines.data.shape",
+    "resolve_data_shape": "pipelines.data.shape",
+    "LOADERS": "pipelines.data.sources",
+    "load_images": "pipelines.data.sources",
+    "load_data_for": "pipelines.data.stream",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "DEFAULT_ROOT",

@@ -22,7 +22,7 @@ from pipelines.data.config import DataConfig
 from pipelines.data.decode import ImageDecodeError, ImageHeader, decode_image, read_header
 from pipelines.data.filesystems import display_name, is_hidden, open_root, relative
 from pipelines.errors import DataError
-from pipelines.storage import first_line
+from pipelines.storage import basename, first_line
 from vae.config import MAX_CLASSES
 
 _BATCH_ROWS = 1024
@@ -279,7 +279,7 @@ def iter_parquet_files(fs: AbstractFileSystem, root: str, path: str) -> Iterator
         Iterator of (full path on fs, display name, id prefix), sorted by path.
     """
     if not fs.isdir(root):
-        base = root.rsplit("/", 1)[-1]
+        base = basename(root)
         yield root, path, base
         return
     try:

@@ -21,7 +21,7 @@ from pipelines.data.decode import fit_batch, uint8_to_unit
 from pipelines.data.imageset import ImageSet
 from pipelines.data.index import SourceIndex, index_source
 from pipelines.errors import DataError
-from pipelines.storage import first_line
+from pipelines.storage import first_line, join
 from vae.config import VAEConfig
 from vae.ranges import to_model_range
 
@@ -172,8 +172,8 @@ def read_index(index: SourceIndex, items: np.ndarray) -> ImageSet:
 
 def _mnist_layout(folder: str) -> dict[str, str]:
     return {
-        "train": f"{folder}/raw/train-images-idx3-ubyte",
-        "test": f"{folder}/raw/t10k-images-idx3-ubyte",
+        "train": join(folder, "raw", "train-images-idx3-ubyte"),
+        "test": join(folder, "raw", "t10k-images-idx3-ubyte"),
     }
 
 

@@ -34,6 +34,8 @@ from collections.abc import Iterator
 from fsspec import AbstractFileSystem
 from fsspec.implementations.local import LocalFileSystem
 
+from pipelines.storage import TMP_PREFIX, join
+
 log = logging.getLogger(__name__)
 
 _process_lock = threading.Lock()
@@ -88,7 +90,7 @@ def _local_lock(fs: AbstractFileSystem, path: str) -> Iterator[None]:
 
 def _swap_in(fs: AbstractFileSystem, path: str, data: bytes) -> None:
     """Write `path` by rename from a temporary sibling: readers see the old bytes or the new."""
-    tmp = f"{os.path.dirname(path)}/.vaeaug-tmp-{uuid.uuid4().hex}"
+    tmp = join(os.path.dirname(path), f"{TMP_PREFIX}tmp-{uuid.uuid4().hex}")
     fs.pipe_file(tmp, data)
     try:
         fs.mv(tmp, path)

@@ -46,7 +46,7 @@ from pipelines.generate.png import backend_version, default_backend
 from pipelines.generate.preview import preview_png
 from pipelines.generate.schema import arrow_schema, hf_features, row_group_rows
 from pipelines.generate.shard import SamplingSpec, ShardStats
-from pipelines.redaction import redact_config
+from pipelines.redaction import publishable_config
 from pipelines.storage import first_line, join, redact_url
 from pipelines.usefulness.dataset import Judging, prepare_judging
 from vae.io import ModelFileError, load_model, read_model_config
@@ -242,7 +242,7 @@ def _manifest(
             "seed_source": seed_source,  # not in the Parquet metadata: a fixed seed keeps its bytes
             "created_at": created_at,
             "model_dir": redact_url(model_dir),
-            "config": redact_config(cfg.to_dict()),  # the one redaction policy
+            "config": publishable_config(cfg.to_dict()),  # the redaction policy, for a published file
         },
     }
 

@@ -21,6 +21,7 @@ from pipelines.generate.actors import ShardWriter
 from pipelines.generate.commit import OutputTarget
 from pipelines.generate.plan import GenerationPlan, SourceImages
 from pipelines.generate.shard import SamplingSpec, ShardStats
+from pipelines.storage import last_line
 
 if TYPE_CHECKING:
     from pipelines.raycluster import ClusterInfo
@@ -204,10 +205,8 @@ def _check_retry(exc: BaseException, index: int, attempt: int) -> None:
     if isinstance(cause, PipelineError):
         raise type(cause)(f"shard {index}: {cause}; nothing committed") from None
     if attempt >= MAX_ATTEMPTS:
-        text = str(cause).strip()
-        msg = text.splitlines()[-1] if text else type(cause).__name__
         raise StorageError(
-            f"shard {index} failed after {attempt} attempts: {msg}; nothing committed"
+            f"shard {index} failed after {attempt} attempts: {last_line(cause)}; nothing committed"
         ) from None
 
 

@@ -32,7 +32,7 @@ from pipelines.console import console
 from pipelines.data.imageset import ImageSet
 from pipelines.errors import PipelineError
 from pipelines.raycluster import ensure_ray
-from pipelines.storage import join
+from pipelines.storage import join, last_line
 from pipelines.training.checkpoint import load_checkpoint
 from pipelines.training.epochs import format_epoch
 from pipelines.training.export import TrainResult, export_trained_model
@@ -142,13 +142,6 @@ def _worker_cpus(cpus: int, num_workers: int, nodes: list[tuple[float, float]], 
     if not streaming or spare >= 1:
         return float(cpus)
     return float(cpus - 1) if cpus >= 2 else 0.5
-
-
-def _split_sizes(data: ImageSet, train_set: ImageSet, val_set: ImageSet) -> tuple[int, int]:
-    """(train, held-out) images the workers see: the whole source's split when streamed."""
-    if data.stream is None:
-        return len(train_set), len(val_set)
-    return len(data.stream.train_items), len(data.stream.val_items)
 
 
 @contextmanager
@@ -265,7 +258,7 @@ def _check_run(cfg: PipelineConfig, data: ImageSet) -> _Run:
 
 def _worker_args(run: _Run, data: ImageSet, train_set: ImageSet, val_set: ImageSet, queue: Any) -> WorkerArgs:
     """The workers' `WorkerArgs`: the redacted config, the model, the data, and where to report."""
-    n_train, n_val = _split_sizes(data, train_set, val_set)
+    n_train, n_val = data.source_split_sizes(run.cfg.train.val_fraction)  # the whole source's, if streamed
     pipeline = run.cfg.to_dict(redact=True)  # kept with the run and in every checkpoint: no credentials
     return WorkerArgs(
         train=config_from_dict(pipeline).train,
@@ -313,15 +306,9 @@ def _fit(
         if known is not None:
             raise known from None
         raise PipelineError(
-            f"training run '{run_name}' failed ({_last_line(exc)}); re-run with the same config (or "
+            f"training run '{run_name}' failed ({last_line(exc)}); re-run with the same config (or "
             f"train.run_name={run_name}) to resume from its last checkpoint"
         ) from exc
-
-
-def _last_line(exc: BaseException) -> str:
-    """The last line of an error's text (Ray Train's ends with the workers' own error), or its type."""
-    text = str(exc).strip()
-    return text.splitlines()[-1] if text else type(exc).__name__
 
 
 def _export(

@@ -198,8 +198,8 @@ def _scorer(models: list[SmallCNN], curated: bool, train: Pool, k: int, recipe: 
 
 
 def _cas_and_gain(runs: dict[str, list[float]]) -> tuple[float, float]:
-    """(CAS: synthetic-only accuracy over real-only, gain: best with synthetic minus best without),
-    from each condition's mean accuracy over its seeds."""
+    """(CAS: synthetic-only accuracy (one seed: synthetic-only is trained once) over real-only's mean,
+    gain: the best mean with synthetic data minus the best mean without)."""
     best = {c: Spread(runs[c]).mean for c in runs}
     cas = runs["synth"][0] / best["real"] if best["real"] > 0 else 0.0
     gain = max(best["real+synth"], best["real+synth+classic"]) - max(best["real"], best["real+classic"])

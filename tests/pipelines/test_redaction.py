@@ -389,3 +389,22 @@ def test_planted_credentials_reach_no_file_and_no_prefect_record(tmp_path, s3):
     dump = _api_dump(state.state_details.flow_run_id)
     assert key not in dump and secret not in dump
     assert str(user_file) in dump  # the parameters were searched: the path is there, not the contents
+
+
+def test_a_published_config_keeps_no_storage_options() -> None:
+    """The manifest's copy of the config: storage options go whole (endpoints name private
+    infrastructure), an empty mapping stays, URLs lose their user-info like everywhere else."""
+    from pipelines.config import load_config
+    from pipelines.redaction import REDACTED, publishable_config
+
+    cfg = load_config(
+        overrides=[
+            "generate.storage_options.endpoint_url=http://minio.internal:9000",
+            "generate.output=s3://AKIA:hunter2@bucket/out",
+        ]
+    )
+    published = publishable_config(cfg.to_dict())
+    assert published["generate"]["storage_options"] == REDACTED
+    assert published["data"]["storage_options"] == {}
+    assert "hunter2" not in str(published) and "minio.internal" not in str(published)
+    assert published["train"] == cfg.to_dict()["train"]

@@ -12,7 +12,7 @@ import pytest
 
 from pipelines.dataset_format import MANIFEST, MARKER
 from pipelines.errors import DataError
-from pipelines.inspect import (
+from pipelines.inspection import (
     DatasetDescription,
     SchemaColumn,
     dataset_description,

@@ -194,8 +194,10 @@ def damaged_error(path: str, problems: list[str]) -> DataError:
 def _model_metrics(model_dir: str | None) -> dict[str, float] | None:
     if not model_dir:
         return None
+    from pipelines.training.export import MODEL_METRICS_FILE  # here: the exporter pulls in matplotlib
+
     try:
-        with fsspec.open(join(model_dir, "metrics.json"), "rb") as f:
+        with fsspec.open(join(model_dir, MODEL_METRICS_FILE), "rb") as f:
             history = json.loads(f.read())
     except (OSError, ValueError, ImportError):
         return None
