@@ -11,8 +11,7 @@ a bounded sample plus the listed source that Ray Train streams (`pipelines.data.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from pipelines.lazy import lazy_exports
 
 # Loaded on first use: importing one submodule (`config`, which `pipelines.config` needs) must not
 # pull in every source, torch and Ray Data with it.
@@ -30,12 +29,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)
 
 
 __all__ = [

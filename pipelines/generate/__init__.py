@@ -11,8 +11,7 @@ Modules by role: `plan` (the request -> shard specs), `shard` (one shard -> one 
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from pipelines.lazy import lazy_exports
 
 # Loaded on first use: importing one submodule (`commit`, `schema`...) must not pull in the driver,
 # torch and torchvision with it.
@@ -26,10 +25,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)
 
 
 __all__ = ["GenerateResult", "GenerationPlan", "ShardSpec", "generate", "make_plan", "write_shard"]

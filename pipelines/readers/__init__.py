@@ -17,8 +17,7 @@
 
 from __future__ import annotations
 
-from typing import Any
-
+from pipelines.lazy import lazy_exports
 from pipelines.readers.datasets import SyntheticDataset, SyntheticMapDataset
 from pipelines.readers.manifest import SyntheticManifest, open_dataset
 from pipelines.readers.mix import MixedDataset, MixedIterableDataset, mix
@@ -26,15 +25,7 @@ from pipelines.readers.mix import MixedDataset, MixedIterableDataset, mix
 _LAZY = {"read_synthetic": "pipelines.readers.raydata"}  # names whose module imports Ray
 
 
-def __getattr__(name: str) -> Any:
-    """Import Ray-backed readers on first use, so that PyTorch-only users never import Ray."""
-    if name in _LAZY:
-        import importlib
-
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)
 
 
 __all__ = [
