@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 import torch
 
@@ -36,6 +37,17 @@ class QualityReport:
     def to_dict(self) -> dict[str, float]:
         """Plain floats, with `recon_vs_mean` included."""
         return {**asdict(self), "recon_vs_mean": self.recon_vs_mean}
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> QualityReport:
+        """Inverse of `to_dict` (the derived `recon_vs_mean` is recomputed, not read)."""
+        return cls(**{f.name: raw[f.name] for f in fields(cls)})
+
+    def line(self) -> str:
+        """The figures on one console line: `images 180, heldout_loss 20.83, ...`."""
+        return ", ".join(
+            f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in self.to_dict().items()
+        )
 
 
 @torch.no_grad()

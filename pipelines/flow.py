@@ -94,7 +94,7 @@ def evaluate_task(cfg: PipelineConfig, data: ImageSet, model_dir: str) -> Qualit
     """Held-out quality figures of the trained model."""
     with console.stage("evaluate") as stage:
         quality = stages.evaluate_stage(cfg, data, model_dir)
-        stage.note(stages.quality_line(quality.to_dict()))
+        stage.note(quality.line())
     return quality
 
 
@@ -185,7 +185,7 @@ def _run_stages(cfg: PipelineConfig) -> tuple[RunSummary, TrainingRecord]:
         run_dir=trained.run_dir,
         grid_path=trained.grid_path,
         final_epoch=trained.history[-1] if trained.history else {},
-        quality=quality.to_dict(),
+        quality=quality,
         dataset=dataset,
         validated=validated,
         timings=dict(console.timings),
@@ -346,7 +346,8 @@ def _report_markdown(cfg: PipelineConfig, summary: RunSummary, trained: Training
         for r in trained.history
     )
     quality_rows = "\n".join(
-        f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in summary.quality.items()
+        f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |"
+        for k, v in summary.quality.to_dict().items()
     )
     dataset = summary.dataset
     return f"""# VAE augmentation run

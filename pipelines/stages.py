@@ -59,7 +59,7 @@ class RunSummary:
         run_dir: where the run's checkpoints are.
         grid_path: the model's samples/reconstructions picture.
         final_epoch: the last epoch's figures ({} without history).
-        quality: the held-out figures (`QualityReport.to_dict()`).
+        quality: the model's held-out figures.
         dataset: the committed dataset.
         validated: the dataset as read back.
         timings: seconds per console stage.
@@ -73,7 +73,7 @@ class RunSummary:
     run_dir: str | None
     grid_path: str
     final_epoch: dict[str, float]
-    quality: dict[str, Any]
+    quality: QualityReport
     dataset: DatasetSummary
     validated: DatasetCheck
     timings: dict[str, float] = field(default_factory=dict)
@@ -84,6 +84,7 @@ class RunSummary:
         del model["dataset"], model["validated"], model["timings"]
         return {
             **model,
+            "quality": self.quality.to_dict(),
             **self.dataset.to_dict(),
             "validated": asdict(self.validated),
             "timings": dict(self.timings),
@@ -92,10 +93,11 @@ class RunSummary:
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> RunSummary:
         """Inverse of `to_dict` (e.g. the summary a flow run returned)."""
-        own = {f.name for f in fields(cls)} - {"dataset", "validated", "timings"}
+        own = {f.name for f in fields(cls)} - {"quality", "dataset", "validated", "timings"}
         dataset = DatasetSummary(**{f.name: raw[f.name] for f in fields(DatasetSummary)})
         return cls(
             **{name: raw[name] for name in own},
+            quality=QualityReport.from_dict(raw["quality"]),
             dataset=dataset,
             validated=DatasetCheck(**raw["validated"]),
             timings=dict(raw.get("timings") or {}),
@@ -195,11 +197,6 @@ def epoch_printer(epochs: int) -> Callable[[dict[str, float]], None]:
         console.line(format_epoch(row, epochs) + eta)
 
     return show
-
-
-def quality_line(quality: dict[str, Any]) -> str:
-    """The held-out quality figures (`QualityReport.to_dict()`) on one line."""
-    return ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in quality.items())
 
 
 def evaluate_stage(cfg: PipelineConfig, data: ImageSet, model_dir: str | None = None) -> QualityReport:
@@ -351,8 +348,7 @@ def run_summary(summary: RunSummary) -> str:
         lines.append(f"  model     {summary.model_dir}")
         if summary.run_name:
             lines.append(f"  run       {summary.run_name}  (checkpoints: {summary.run_dir})")
-    if summary.quality:
-        lines.append(f"  held-out  {quality_line(summary.quality)}")
+    lines.append(f"  held-out  {summary.quality.line()}")
     lines.append(
         f"  dataset   {dataset.dataset_dir}  ({dataset.rows} rows in {len(dataset.files)} files, committed)"
     )

@@ -3,9 +3,12 @@ summary the flow returns as a dict (its keys are a contract: tests, docs and `va
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import pytest
 
 from pipelines.dataset_format import DatasetSummary
+from pipelines.evaluate import QualityReport
 from pipelines.stages import DatasetCheck, RunSummary, read_back_summary, run_summary, usefulness_lines
 
 #: The flow's return value, key by key and in this order.
@@ -15,6 +18,12 @@ RUN_KEYS = [
     "manifest_path", "rows_per_s", "usefulness", "usefulness_note", "curation", "picture_path",
     "preview_path", "validated", "timings",
 ]  # fmt: skip
+
+
+QUALITY = QualityReport(
+    images=3, heldout_loss=20.5, heldout_recon=19.0, heldout_kl=1.5, recon_mse=0.02, mean_image_mse=0.08,
+    active_latents=4, latent_dim=16,
+)  # fmt: skip
 
 
 def _dataset(**over) -> DatasetSummary:
@@ -32,7 +41,7 @@ def _run(**over) -> RunSummary:
     fields = {
         "model_dir": "/x/model", "model_sha256": "a" * 64, "training_cached": False,
         "training_worker_nodes": ["n1"], "run_name": "vae-1", "run_dir": "/runs/vae-1",
-        "grid_path": "/x/model/samples.png", "final_epoch": {"epoch": 2.0}, "quality": {"images": 3},
+        "grid_path": "/x/model/samples.png", "final_epoch": {"epoch": 2.0}, "quality": QUALITY,
         "dataset": _dataset(), "validated": DatasetCheck(rows=12, files=1, columns=["image", "label"]),
         "timings": {"train": 1.5},
     }  # fmt: skip
@@ -45,6 +54,7 @@ def test_run_summary_round_trips_through_the_flows_dict():
     assert list(returned) == RUN_KEYS
     assert returned["validated"] == {"rows": 12, "files": 1, "columns": ["image", "label"]}
     assert returned["preview_path"] == "/x/synthetic/preview.png"
+    assert returned["quality"] == {**asdict(QUALITY), "recon_vs_mean": 0.25}  # derived figure included
     assert RunSummary.from_dict(returned) == summary
     later = summary.with_timing("total", 9.0)
     assert later.timings == {"train": 1.5, "total": 9.0} and summary.timings == {"train": 1.5}
@@ -54,6 +64,10 @@ def test_run_summary_text_names_the_model_the_dataset_and_every_picture():
     text = run_summary(_run())
     assert "  model     /x/model\n  run       vae-1  (checkpoints: /runs/vae-1)" in text
     assert "  dataset   /x/synthetic  (12 rows in 1 files, committed)" in text
+    assert (
+        "  held-out  images 3, heldout_loss 20.5, heldout_recon 19, heldout_kl 1.5, recon_mse 0.02, " in text
+    )
+    assert "active_latents 4, latent_dim 16, recon_vs_mean 0.25\n" in text
     assert "  per class a=5, b=7" in text and "  time      train 1.5 s" in text
     pictures = [line for line in text.splitlines() if line.startswith("  picture")]
     assert pictures == [
