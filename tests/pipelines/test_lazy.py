@@ -1,0 +1,38 @@
+"""Lazy package exports: importing a package does not import what it exports until it is used."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import types
+
+import pytest
+
+from pipelines.lazy import lazy_exports
+
+
+def test_an_export_is_imported_on_first_use_and_cached(monkeypatch):
+    package = types.ModuleType("fakepkg")
+    monkeypatch.setitem(sys.modules, "fakepkg", package)
+    package.__getattr__ = lazy_exports("fakepkg", {"dumps": "json"})
+    import json
+
+    assert package.dumps is json.dumps
+    assert "dumps" in vars(package)  # cached: the next access does not go through __getattr__
+
+
+def test_an_unknown_name_is_an_attribute_error(monkeypatch):
+    getattr_ = lazy_exports("fakepkg", {"dumps": "json"})
+    with pytest.raises(AttributeError, match="module 'fakepkg' has no attribute 'loads'"):
+        getattr_("loads")
+
+
+def test_importing_the_readers_does_not_import_the_writer_or_torchvision():
+    # A fresh interpreter: this test session has imported everything already.
+    code = (
+        "import sys, pipelines.readers, pipelines.data, pipelines.generate; "
+        "print(sorted(m for m in ('torchvision', 'pipelines.generate.driver', 'pipelines.data.cifar') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
