@@ -214,3 +214,44 @@ def test_no_module_is_named_like_the_standard_library() -> None:
     folder = [name for name in MODULES if name.startswith("pipelines.") and name.count(".") == 1]
     clashes = [name for name in folder if name.rpartition(".")[2] in sys.stdlib_module_names]
     assert not clashes, f"rename these modules: {clashes}"
+
+
+#: Modules whose tests live in another file than their mirror `tests/<folder>/test_<name>.py`: the
+#: file that drives them with the parts they work with (each must import the module).
+TESTED_IN = {
+    "pipelines.data.stream": "tests/pipelines/data/test_index.py",
+    "pipelines.generate.actors": "tests/pipelines/generate/test_fanout.py",
+    "pipelines.generate.conditional": "tests/pipelines/generate/test_exactly_once.py",
+    "pipelines.generate.driver": "tests/pipelines/generate/test_preview.py",
+    "pipelines.launch": "tests/pipelines/test_redaction.py",  # and README command 1: test_command1.py
+    "pipelines.training.export": "tests/pipelines/test_training_cache.py",
+    "pipelines.training.model_config": "tests/pipelines/training/test_streaming.py",
+    "pipelines.training.preflight": "tests/pipelines/training/test_ray_train.py",
+    "pipelines.training.stream_reader": "tests/pipelines/training/test_streaming.py",
+    "pipelines.training.worker": "tests/pipelines/training/test_ray_train.py",
+    "pipelines.usefulness.classifier": "tests/pipelines/usefulness/test_report.py",
+    "pipelines.usefulness.dataset": "tests/pipelines/usefulness/test_report.py",
+    "pipelines.usefulness.judge": "tests/pipelines/generate/test_curation.py",
+    "pipelines.usefulness.metrics": "tests/pipelines/usefulness/test_report.py",
+}
+
+
+def _mirror(name: str) -> Path:
+    folder, _, module = name.rpartition(".")
+    return ROOT / "tests" / Path(*folder.split(".")) / f"test_{module}.py"
+
+
+def _imported_by(test_file: Path) -> set[str]:
+    tree = ast.parse(test_file.read_text())
+    found = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    return found | {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+
+
+def test_tests_mirror_the_tree() -> None:
+    modules = [n for n, p in MODULES.items() if p.name not in ("__init__.py", "__main__.py")]
+    untested = [n for n in modules if not _mirror(n).exists() and n not in TESTED_IN]
+    assert not untested, f"add tests/<folder>/test_<name>.py (or a TESTED_IN entry) for: {untested}"
+    stale = [n for n in TESTED_IN if n not in modules or _mirror(n).exists()]
+    assert not stale, f"drop these TESTED_IN entries (gone, or tested in their mirror now): {stale}"
+    elsewhere = [f"{n} in {f}" for n, f in TESTED_IN.items() if n not in _imported_by(ROOT / f)]
+    assert not elsewhere, f"these test files do not import the module they are said to test: {elsewhere}"
