@@ -110,7 +110,7 @@ def _compose_images(deploy_dir: Path) -> list[ImageRef]:
     return refs
 
 
-def _dockerfile_lines(text: str) -> list[str]:
+def dockerfile_lines(text: str) -> list[str]:
     """Instructions of a Dockerfile, continuation lines joined and comments dropped."""
     logical, current = [], ""
     for raw in text.splitlines():
@@ -152,7 +152,7 @@ def _dockerfile_images(deploy_dir: Path) -> list[ImageRef]:
         refs.append(ImageRef(path.name, "# syntax=", match.group("ref")))
     args: dict[str, str | None] = {}
     stages: set[str] = set()
-    for line in _dockerfile_lines(text):
+    for line in dockerfile_lines(text):
         instr, _, rest = line.partition(" ")
         words = rest.split()
         if instr.upper() == "ARG" and words:

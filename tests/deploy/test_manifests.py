@@ -217,18 +217,7 @@ def test_one_project_image_everywhere() -> None:
 # ------------------------------------------------------------------------------------ Dockerfile
 def _dockerfile() -> list[tuple[str, str]]:
     """(INSTRUCTION, arguments) pairs, continuation lines joined and comments dropped."""
-    logical, current = [], ""
-    for raw in DOCKERFILE.read_text().splitlines():
-        line = raw.strip()
-        if not current and (not line or line.startswith("#")):
-            continue
-        if line.startswith("#"):
-            continue
-        if line.endswith("\\"):
-            current += line[:-1] + " "
-            continue
-        logical.append(current + line)
-        current = ""
+    logical = _images_tool().dockerfile_lines(DOCKERFILE.read_text())  # the tool's own parse
     out = []
     for line in logical:
         instr, _, args = line.partition(" ")

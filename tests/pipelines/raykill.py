@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -21,3 +26,36 @@ class Killed:
     """What a killer thread did: the pid it killed, or None if the job ended first."""
 
     pid: int | None = None
+
+
+def kill_one_actor_when(
+    ready: Callable[[], bool], class_name: str, before: set[str], stop: threading.Event, poll_s: float
+) -> Killed:
+    """Start a thread that SIGKILLs one live actor of `class_name` as soon as `ready()` is true.
+
+    Args:
+        ready: when the kill should happen (e.g. a first output file exists).
+        class_name: the actors' class ("ShardWriter", "RayTrainWorker").
+        before: ids of the actors of that class that existed before the job (earlier jobs' actors).
+        stop: set when the job is over; the thread then gives up.
+        poll_s: seconds between looks.
+
+    Returns:
+        `Killed`, filled in by the thread.
+    """
+    killed = Killed()
+
+    def run() -> None:
+        while not stop.is_set():
+            if ready():
+                alive = [
+                    a for k, a in actors_of(class_name).items() if k not in before and a["State"] == "ALIVE"
+                ]
+                if alive:
+                    killed.pid = int(alive[0]["Pid"])
+                    os.kill(killed.pid, signal.SIGKILL)
+                    return
+            time.sleep(poll_s)
+
+    threading.Thread(target=run, name="killer", daemon=True).start()
+    return killed

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -35,20 +36,19 @@ SESSION_ONLY = (
 )
 
 
-def _vaeaug(tmp_path: Path, *args: str, timeout: int = 900) -> tuple[int, str, float]:
+def new_user(tmp_path: Path, *args: str) -> dict[str, Any]:
+    """`subprocess` arguments running `vaeaug run *args` as a new user's shell does: in `tmp_path`, a
+    fresh Prefect home, none of the session's settings; stdout and stderr together, as text."""
     env = {k: v for k, v in os.environ.items() if k not in SESSION_ONLY}
     env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
-    script = Path(sys.executable).with_name("vaeaug")
+    command = [str(Path(sys.executable).with_name("vaeaug")), "run", *args]
+    output = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True}
+    return {"args": command, "cwd": tmp_path, "env": env, **output}
+
+
+def _vaeaug(tmp_path: Path, *args: str, timeout: int = 900) -> tuple[int, str, float]:
     t0 = time.perf_counter()
-    proc = subprocess.run(
-        [str(script), "run", *args],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=timeout,
-    )
+    proc = subprocess.run(**new_user(tmp_path, *args), timeout=timeout)
     return proc.returncode, proc.stdout, time.perf_counter() - t0
 
 

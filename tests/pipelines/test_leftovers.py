@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.pipelines.procfs import Proc, alive, descendants
-from tests.pipelines.test_command1 import QUICK, SESSION_ONLY
+from tests.pipelines.test_command1 import QUICK, new_user
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads Linux's /proc")
 
@@ -36,17 +36,7 @@ START_TIMEOUT_S = 400
 
 
 def _start(tmp_path: Path) -> subprocess.Popen[str]:
-    env = {k: v for k, v in os.environ.items() if k not in SESSION_ONLY}
-    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
-    script = Path(sys.executable).with_name("vaeaug")
-    return subprocess.Popen(
-        [str(script), "run", *QUICK],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    return subprocess.Popen(**new_user(tmp_path, *QUICK))
 
 
 def _wait_for_training(proc: subprocess.Popen[str]) -> list[str]:

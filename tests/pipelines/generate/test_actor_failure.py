@@ -5,10 +5,7 @@ the requested rows, without duplicates, in files byte-identical to a clean run w
 from __future__ import annotations
 
 import hashlib
-import os
-import signal
 import threading
-import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -18,7 +15,7 @@ from pipelines.generate import generate
 from pipelines.readers import SyntheticManifest, open_dataset
 from pipelines.storage import join
 from tests.pipelines.generate.helpers import make_cfg
-from tests.pipelines.raykill import Killed, actors_of
+from tests.pipelines.raykill import Killed, actors_of, kill_one_actor_when
 
 #: Many small shards: the job lasts seconds on 2 cores, so a kill after the first file lands mid-run.
 ROWS, SHARD_ROWS = 4000, 20
@@ -37,22 +34,9 @@ def kill_a_writer_after_first_shard(output: Path, before: set[str], stop: thread
     Returns:
         `Killed`, filled in by the thread.
     """
-    killed = Killed()
-
-    def run() -> None:
-        while not stop.is_set():
-            if any(output.rglob("part-*.parquet")):
-                alive = [
-                    a for k, a in actors_of(WRITER_CLASS).items() if k not in before and a["State"] == "ALIVE"
-                ]
-                if alive:
-                    killed.pid = int(alive[0]["Pid"])
-                    os.kill(killed.pid, signal.SIGKILL)
-                    return
-            time.sleep(0.01)
-
-    threading.Thread(target=run, name="killer", daemon=True).start()
-    return killed
+    return kill_one_actor_when(
+        lambda: any(output.rglob("part-*.parquet")), WRITER_CLASS, before, stop, poll_s=0.01
+    )
 
 
 def _data_files(manifest: SyntheticManifest) -> dict[str, str]:

@@ -6,11 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import signal
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +15,7 @@ import pytest
 from pipelines.config import PipelineConfig, config_from_dict
 from pipelines.data.stream import load_data_for
 from pipelines.training.ray_train import DistributedTrainResult, train_distributed
-from tests.pipelines.raykill import Killed, actors_of
+from tests.pipelines.raykill import Killed, actors_of, kill_one_actor_when
 
 EPOCHS = 4
 #: Ray Train V2's worker actor class (ray/train/v2/_internal/execution/worker_group/worker.py).
@@ -72,22 +69,9 @@ def kill_a_worker_after_first_checkpoint(storage: Path, before: set[str], stop: 
     Returns:
         `Killed`, filled in by the thread.
     """
-    killed = Killed()
-
-    def run() -> None:
-        while not stop.is_set():
-            if _registered_checkpoint(storage):
-                alive = [
-                    a for k, a in actors_of(WORKER_CLASS).items() if k not in before and a["State"] == "ALIVE"
-                ]
-                if alive:
-                    killed.pid = int(alive[0]["Pid"])
-                    os.kill(killed.pid, signal.SIGKILL)
-                    return
-            time.sleep(0.02)
-
-    threading.Thread(target=run, name="killer", daemon=True).start()
-    return killed
+    return kill_one_actor_when(
+        lambda: _registered_checkpoint(storage), WORKER_CLASS, before, stop, poll_s=0.02
+    )
 
 
 def _losses(result: DistributedTrainResult) -> list[tuple[float, ...]]:
