@@ -33,11 +33,6 @@ class VAELoss:
         return {k: float(v.detach()) for k, v in terms.items()}
 
 
-def kl_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """Closed-form KL(N(mu, diag(exp(logvar))) || N(0, I)) per sample: (B, D) -> (B,)."""
-    return -0.5 * torch.sum(1.0 + logvar - mu.pow(2) - logvar.exp(), dim=1)
-
-
 def reconstruction_loss(
     x: torch.Tensor, logits: torch.Tensor, recon: torch.Tensor, kind: str
 ) -> torch.Tensor:
@@ -71,5 +66,5 @@ def vae_loss(x: torch.Tensor, out: VAEOutput, cfg: VAEConfig) -> VAELoss:
         `VAELoss` with total, recon and kl.
     """
     recon = reconstruction_loss(x, out.logits, out.recon, cfg.recon_loss).mean()
-    kl = kl_standard_normal(out.posterior.mu.float(), out.posterior.logvar.float()).mean()
+    kl = out.posterior.kl().mean()  # (B,) -> scalar
     return VAELoss(total=recon + cfg.beta * kl, recon=recon, kl=kl)

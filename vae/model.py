@@ -23,7 +23,7 @@ from vae.config import VAEConfig
 
 @dataclass
 class Posterior:
-    """Diagonal Gaussian q(z|x). mu, logvar: (B, D)."""
+    """Diagonal Gaussian q(z|x): the one distribution object (`sample`, `kl`, `mode`). mu, logvar: (B, D)."""
 
     mu: torch.Tensor
     logvar: torch.Tensor
@@ -32,6 +32,19 @@ class Posterior:
         """Reparameterized draw z = mu + temperature * sigma * eps (differentiable in mu and logvar)."""
         eps = torch.randn(self.mu.shape, generator=generator, device=self.mu.device, dtype=self.mu.dtype)
         return self.mu + temperature * torch.exp(0.5 * self.logvar) * eps
+
+    def kl(self) -> torch.Tensor:
+        """Closed-form KL(N(mu, diag(exp(logvar))) || N(0, I)) per sample: (B, D) -> (B,).
+
+        In float32 at least: under bf16 autocast the sum over latent dims would lose the small terms.
+        """
+        dtype = torch.promote_types(self.mu.dtype, torch.float32)
+        mu, logvar = self.mu.to(dtype), self.logvar.to(dtype)
+        return -0.5 * torch.sum(1.0 + logvar - mu.pow(2) - logvar.exp(), dim=1)
+
+    def mode(self) -> torch.Tensor:
+        """The most likely z, mu: (B, D)."""
+        return self.mu
 
 
 @dataclass
@@ -339,7 +352,7 @@ class VAE(nn.Module):
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Decode the posterior mean of x: a deterministic reconstruction (B, C, H, W)."""
-        return self.decode(self.encode(x, y).mu, y)
+        return self.decode(self.encode(x, y).mode(), y)
 
     @torch.no_grad()
     def interpolate(

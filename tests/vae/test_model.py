@@ -220,6 +220,15 @@ def test_reparameterization_passes_gradients_to_mu_and_logvar() -> None:
     torch.testing.assert_close(z.detach(), mu.detach() + torch.exp(0.5 * logvar.detach()) * eps)
 
 
+def test_posterior_mode_is_mu_and_kl_is_float32_at_least() -> None:
+    gen = torch.Generator().manual_seed(0)
+    mu, logvar = torch.randn(3, 4, generator=gen), torch.randn(3, 4, generator=gen)
+    post = Posterior(mu.bfloat16(), logvar.bfloat16())
+    assert post.mode() is post.mu
+    assert post.kl().dtype == torch.float32 and post.kl().shape == (3,)
+    assert Posterior(mu.double(), logvar.double()).kl().dtype == torch.float64
+
+
 def test_posterior_temperature_scales_the_noise() -> None:
     gen = torch.Generator().manual_seed(0)
     post = Posterior(torch.randn(5, 4, generator=gen), torch.randn(5, 4, generator=gen))
