@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 import types
@@ -27,12 +28,21 @@ def test_an_unknown_name_is_an_attribute_error(monkeypatch):
         getattr_("loads")
 
 
-def test_importing_the_readers_does_not_import_the_writer_or_torchvision():
-    # A fresh interpreter: this test session has imported everything already.
-    code = (
-        "import sys, pipelines.readers, pipelines.data, pipelines.generate; "
-        "print(sorted(m for m in ('torchvision', 'pipelines.generate.driver', 'pipelines.data.cifar') "
-        "if m in sys.modules))"
-    )
+def _loaded_after(imports: str, prefixes: tuple[str, ...]) -> list[str]:
+    """The modules starting with one of `prefixes` that a fresh interpreter holds after `imports`
+    (this test session has imported everything already)."""
+    code = f"import sys; {imports}; print(sorted(m for m in sys.modules if m.startswith({prefixes!r})))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "[]"
+    return ast.literal_eval(out)  # the list the child printed
+
+
+def test_importing_the_readers_does_not_import_the_writer():
+    assert _loaded_after("import pipelines.readers", ("pipelines.generate", "torchvision")) == []
+
+
+def test_importing_the_packages_does_not_import_what_they_export():
+    loaded = _loaded_after(
+        "import pipelines.data, pipelines.generate, pipelines.readers",
+        ("torchvision", "pipelines.generate.driver", "pipelines.data.cifar", "pipelines.data.sources"),
+    )
+    assert loaded == []

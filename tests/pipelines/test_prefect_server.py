@@ -22,7 +22,8 @@ print(urllib.request.urlopen(url + "/health", timeout=30).read().decode())
 
 
 @pytest.mark.usefixtures("prefect_harness")
-def test_with_an_api_url_nothing_is_started():
+def test_with_an_api_url_nothing_is_started(monkeypatch):
+    monkeypatch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # restored after: the call sets it
     assert not uses_temporary_server()
     assert start_temporary_server() is None
 

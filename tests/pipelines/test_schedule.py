@@ -32,8 +32,9 @@ def test_a_bad_or_secret_parameter_is_refused_before_anything_is_stored(override
 
 
 def test_a_cron_or_an_interval_schedule():
-    nightly = build_deployment("nightly", cron="0 3 * * *", timezone="Europe/Paris", parameters={"a": 1})
-    assert (nightly.name, nightly.flow_name, nightly.parameters) == ("nightly", FLOW_NAME, {"a": 1})
+    parameters = {"config_path": None, "overrides": ["train.epochs=2"]}
+    nightly = build_deployment("nightly", cron="0 3 * * *", timezone="Europe/Paris", parameters=parameters)
+    assert (nightly.name, nightly.flow_name, nightly.parameters) == ("nightly", FLOW_NAME, parameters)
     (cron,) = nightly.schedules
     assert (cron.schedule.cron, cron.schedule.timezone) == ("0 3 * * *", "Europe/Paris")
     hourly = build_deployment("hourly", interval_s=3600)

@@ -166,3 +166,18 @@ def test_bce_loss_matches_torch_reference() -> None:
     loss = vae_loss(x, out, VAEConfig(beta=0.0))
     reference = F.binary_cross_entropy(out.recon.double(), x.double(), reduction="sum") / x.shape[0]
     assert loss.total.item() == pytest.approx(reference.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_kl_term_is_computed_as_before_bit_for_bit(dtype) -> None:
+    """`vae_loss`'s KL is the closed form on float32 copies of mu and logvar (bf16 autocast included):
+    the same operations in the same order as before `Posterior.kl`, so a seed trains the same model."""
+    gen = torch.Generator().manual_seed(3)
+    mu, logvar = torch.randn(8, 5, generator=gen).to(dtype), torch.randn(8, 5, generator=gen).to(dtype)
+    m, lv = mu.float(), logvar.float()
+    written_out = (-0.5 * torch.sum(1.0 + lv - m.pow(2) - lv.exp(), dim=1)).mean()
+    out = VAEOutput(
+        recon=torch.zeros(8, 1, 2, 2), logits=torch.zeros(8, 1, 2, 2), z=mu, posterior=Posterior(mu, logvar)
+    )
+    loss = vae_loss(torch.zeros(8, 1, 2, 2), out, VAEConfig(recon_loss="mse"))
+    assert loss.kl.dtype == torch.float32 and torch.equal(loss.kl, written_out)
