@@ -43,11 +43,13 @@ class QualityReport:
         """Inverse of `to_dict` (the derived `recon_vs_mean` is recomputed, not read)."""
         return cls(**{f.name: raw[f.name] for f in fields(cls)})
 
+    def formatted(self) -> dict[str, str]:
+        """Each figure as people read it (floats to 4 significant digits), in `to_dict`'s order."""
+        return {k: f"{v:.4g}" if isinstance(v, float) else str(v) for k, v in self.to_dict().items()}
+
     def line(self) -> str:
         """The figures on one console line: `images 180, heldout_loss 20.83, ...`."""
-        return ", ".join(
-            f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in self.to_dict().items()
-        )
+        return ", ".join(f"{k} {v}" for k, v in self.formatted().items())
 
 
 @torch.no_grad()

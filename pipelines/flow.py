@@ -345,10 +345,7 @@ def _report_markdown(cfg: PipelineConfig, summary: RunSummary, trained: Training
         f"| {r['train_recon']:.3f} | {r['train_kl']:.3f} | {r['samples_per_s']:.0f} |"
         for r in trained.history
     )
-    quality_rows = "\n".join(
-        f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |"
-        for k, v in summary.quality.to_dict().items()
-    )
+    quality_rows = "\n".join(f"| {k} | {v} |" for k, v in summary.quality.formatted().items())
     dataset = summary.dataset
     return f"""# VAE augmentation run
 

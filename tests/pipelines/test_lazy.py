@@ -22,7 +22,7 @@ def test_an_export_is_imported_on_first_use_and_cached(monkeypatch):
     assert "dumps" in vars(package)  # cached: the next access does not go through __getattr__
 
 
-def test_an_unknown_name_is_an_attribute_error(monkeypatch):
+def test_an_unknown_name_is_an_attribute_error():
     getattr_ = lazy_exports("fakepkg", {"dumps": "json"})
     with pytest.raises(AttributeError, match="module 'fakepkg' has no attribute 'loads'"):
         getattr_("loads")
